@@ -1,0 +1,1 @@
+"""The inversion engine: noise schedule math, attention recording, the inversion loop."""

@@ -1,0 +1,87 @@
+"""DDIM inversion that runs only the work the recorded window needs.
+
+The unconditional trajectory (guidance 0) is shared by every phrase of an image and stops at the end
+of the window; conditional passes run only inside the window, one batch for all phrases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from medground.config import GroundingConfig
+from medground.engine.attention import CrossAttentionRecorder
+from medground.engine.schedule import inversion_step, inversion_timesteps
+from medground.errors import ConfigError
+from medground.models.ldm import LatentDiffusionModel
+from medground.text import PhraseTokens, token_weights
+
+
+@dataclass(frozen=True)
+class WindowLatents:
+    """The inverted latents at each recorded grid position: (timestep, latent batch) pairs."""
+
+    steps: tuple[tuple[int, torch.Tensor], ...]
+    unconditional_evaluations: int
+
+
+@dataclass
+class RecordedAttention:
+    """Per-layer sums of normalised phrase maps over the window, (P, h, w) each."""
+
+    per_layer: dict[str, torch.Tensor]
+    steps: int
+    conditional_evaluations: int
+
+
+def window_grid(model: LatentDiffusionModel, config: GroundingConfig) -> list[int]:
+    """Timesteps of the grid positions the engine must visit (0 .. window stop - 1)."""
+    grid = inversion_timesteps(model.noise_schedule.num_train_timesteps, config.inference_steps,
+                               config.timestep_spacing)
+    start, stop = config.window
+    if stop > len(grid):
+        raise ConfigError(f"window [{start}, {stop}) runs past the {len(grid)}-step inversion grid")
+    return grid[:stop]
+
+
+@torch.no_grad()
+def invert_to_window(model: LatentDiffusionModel, latents: torch.Tensor, config: GroundingConfig,
+                     progress: bool = False) -> WindowLatents:
+    """Invert a batch of latents with the unconditional prediction, keeping only the window's latents."""
+    grid = window_grid(model, config)
+    start, stop = config.window
+    alphas = model.noise_schedule.alphas_cumprod().to(latents.device)
+    uncond = model.embed_text([config.unconditional_prompt])
+    uncond = uncond.expand(latents.shape[0], *uncond.shape[1:])
+    kept: list[tuple[int, torch.Tensor]] = []
+    latent = latents
+    for position in tqdm(range(stop), desc="inversion", disable=not progress, leave=False):
+        timestep = grid[position]
+        if position >= start:
+            kept.append((timestep, latent))
+        if position + 1 < stop:
+            prediction = model.unet(latent, timesteps=torch.tensor([timestep], device=latent.device), context=uncond)
+            latent = inversion_step(latent, prediction, alphas[timestep], alphas[grid[position + 1]],
+                                    model.noise_schedule.prediction_type)
+    return WindowLatents(steps=tuple(kept), unconditional_evaluations=(stop - 1) * latents.shape[0])
+
+
+@torch.no_grad()
+def record_attention(model: LatentDiffusionModel, window: WindowLatents, image_index: Sequence[int],
+                     phrases: Sequence[PhraseTokens], config: GroundingConfig) -> RecordedAttention:
+    """Run the conditional passes of all (image, phrase) pairs as one batch per window step."""
+    context = model.embed_text([p.phrase for p in phrases])
+    weights = token_weights(phrases, context.shape[1])
+    index = torch.as_tensor(list(image_index), dtype=torch.long)
+    with CrossAttentionRecorder(model.unet, config.cross_attention_layers, weights,
+                                config.normalise_each_map) as recorder:
+        for timestep, latent in window.steps:
+            batch = latent[index.to(latent.device)]
+            t = torch.tensor([timestep], device=latent.device)
+            recorder.conditional_pass(lambda: model.unet(batch, timesteps=t, context=context))  # noqa: B023
+    return RecordedAttention(per_layer=recorder.sums, steps=recorder.steps,
+                             conditional_evaluations=recorder.steps * len(phrases))
+

@@ -1,0 +1,31 @@
+"""Specific exceptions: each names the offending value and what would fix it."""
+
+from __future__ import annotations
+
+
+class MedgroundError(Exception):
+    """Base class of every error medground raises on purpose."""
+
+
+class ImageError(MedgroundError, ValueError):
+    """An image that cannot be read or used (missing, unreadable, transparent, too small)."""
+
+
+class PhraseError(MedgroundError, ValueError):
+    """A phrase that cannot be grounded (empty, or longer than the text encoder accepts)."""
+
+
+class BoxError(MedgroundError, ValueError):
+    """A bounding box that is malformed or lies outside the image."""
+
+
+class ConfigError(MedgroundError, ValueError):
+    """A grounding configuration that is inconsistent or names something the model lacks."""
+
+
+class ModelLoadError(MedgroundError):
+    """A model directory, checkpoint or component that cannot be loaded as described."""
+
+
+class WeightsNotFoundError(ModelLoadError, FileNotFoundError):
+    """Weights that are not where the model description says they are."""

@@ -1,0 +1,208 @@
+"""Reading radiographs and the one geometry that maps between original pixels and the model's square.
+
+The forward path is the official preprocessing: shorter side resized to the model size (bilinear,
+align_corners False, no antialiasing, long side = int(size * long / short)), then a centre crop whose
+start is ``resized // 2 - size // 2``. The backward path projects a model-space map to original pixels,
+either as the official code does (nearest resize to the short side, symmetric NaN pad) or exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from medground.errors import BoxError, ImageError
+
+MIN_IMAGE_SIDE = 32
+"""Smaller images carry no usable anatomy once resized to the model's input."""
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+Box = tuple[float, float, float, float]
+
+
+def read_image(image: ImageInput) -> np.ndarray:
+    """Return the image as float32 grayscale in [0, 1], shape (H, W), in its own orientation."""
+    if isinstance(image, (str, Path)):
+        pixels = _read_path(Path(image))
+        name = str(image)
+    elif isinstance(image, Image.Image):
+        pixels = _pil_to_unit(image, "the PIL image")
+        name = "the PIL image"
+    elif isinstance(image, np.ndarray):
+        pixels = _array_to_unit(image)
+        name = "the array"
+    else:
+        raise ImageError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+    height, width = pixels.shape
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ImageError(f"{name} is {width}x{height}; both sides must be at least {MIN_IMAGE_SIDE} pixels")
+    return pixels
+
+
+def _read_path(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise ImageError(f"image file not found: {path}")
+    if _is_dicom(path):
+        return _read_dicom(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return _pil_to_unit(opened, str(path))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"cannot read {path} as an image (PNG, JPEG or DICOM expected): {exc}") from exc
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with path.open("rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_voi_lut
+
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.pixel_array
+    except Exception as exc:  # pydicom raises many kinds for broken files
+        raise ImageError(f"cannot read {path} as DICOM: {exc}") from exc
+    if pixels.ndim != 2:
+        raise ImageError(f"{path}: DICOM pixel data has shape {pixels.shape}; a single 2-D frame is expected")
+    pixels = apply_voi_lut(pixels, dataset).astype(np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+    if getattr(dataset, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
+        scaled = 1.0 - scaled
+    return scaled.astype(np.float32)
+
+
+def _pil_to_unit(image: Image.Image, name: str) -> np.ndarray:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        if (alpha != 255).any():
+            raise ImageError(f"{name} has a transparent alpha channel; flatten it onto a background first")
+        image = image.convert("L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return _array_to_unit(np.asarray(image).astype(np.uint16))
+    if image.mode == "F":
+        return _array_to_unit(np.asarray(image, dtype=np.float32))
+    if image.mode != "L":
+        image = image.convert("L")
+    return _array_to_unit(np.asarray(image))
+
+
+def _array_to_unit(array: np.ndarray) -> np.ndarray:
+    """8-bit /255, 16-bit /65535, floats clipped to [0, 1] (the official ScaleIntensityRange with clip)."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ImageError(f"expected a 2-D grayscale array, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ImageError("the image array contains NaN or infinite values")
+        return np.clip(array.astype(np.float32), 0.0, 1.0)
+    raise ImageError(f"unsupported pixel type {array.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Maps between an original W x H image and the model's ``size`` x ``size`` input."""
+
+    width: int
+    height: int
+    size: int
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        """(height, width) after resizing the shorter side to ``size`` (torchvision's rule)."""
+        short, long = sorted((self.width, self.height))
+        long_resized = int(self.size * long / short)
+        if self.width <= self.height:
+            return long_resized, self.size
+        return self.size, long_resized
+
+    @property
+    def crop_offset(self) -> tuple[int, int]:
+        """(top, left) of the centre crop in resized pixels (MONAI CenterSpatialCrop)."""
+        rh, rw = self.resized
+        return rh // 2 - self.size // 2, rw // 2 - self.size // 2
+
+    def to_model(self, pixels: np.ndarray) -> torch.Tensor:
+        """Original (H, W) image in [0, 1] -> model input tensor of shape (1, 1, size, size)."""
+        if pixels.shape != (self.height, self.width):
+            raise ImageError(f"image is {pixels.shape[::-1]} but this geometry is for {self.width}x{self.height}")
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+        resized = F.interpolate(tensor, size=self.resized, mode="bilinear", align_corners=False, antialias=False)
+        top, left = self.crop_offset
+        return resized[..., top : top + self.size, left : left + self.size].contiguous()
+
+    def box_to_model(self, box: Box) -> Box:
+        """An (x, y, w, h) box in original pixels -> the same box in model pixels (may leave the crop)."""
+        rh, rw = self.resized
+        sx, sy = rw / self.width, rh / self.height
+        top, left = self.crop_offset
+        x, y, w, h = box
+        return (x * sx - left, y * sy - top, w * sx, h * sy)
+
+    def box_in_crop(self, box: Box) -> bool:
+        """Whether any part of an original-pixel box survives the centre crop."""
+        x, y, w, h = self.box_to_model(box)
+        return x < self.size and y < self.size and x + w > 0 and y + h > 0
+
+    def to_original(self, heatmap: np.ndarray, mode: Literal["paper", "exact"] = "paper") -> np.ndarray:
+        """A (size, size) map -> (H, W) float32 map, NaN where the crop discarded the image."""
+        if heatmap.shape != (self.size, self.size):
+            raise ValueError(f"heatmap is {heatmap.shape}, expected ({self.size}, {self.size})")
+        if mode == "paper":
+            return self._to_original_paper(heatmap)
+        if mode == "exact":
+            return self._to_original_exact(heatmap)
+        raise ValueError(f"mode must be 'paper' or 'exact', got {mode!r}")
+
+    def _to_original_paper(self, heatmap: np.ndarray) -> np.ndarray:
+        side = min(self.width, self.height)
+        tensor = torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None]
+        square = F.interpolate(tensor, size=(side, side), mode="nearest")
+        margin_w, margin_h = self.width - side, self.height - side
+        pads = (margin_w // 2, math.ceil(margin_w / 2), margin_h // 2, math.ceil(margin_h / 2))
+        return F.pad(square, pads, value=float("nan"))[0, 0].numpy()
+
+    def _to_original_exact(self, heatmap: np.ndarray) -> np.ndarray:
+        rh, rw = self.resized
+        top, left = self.crop_offset
+        rows = np.floor((np.arange(self.height) + 0.5) * rh / self.height).astype(np.int64) - top
+        cols = np.floor((np.arange(self.width) + 0.5) * rw / self.width).astype(np.int64) - left
+        out = np.full((self.height, self.width), np.nan, dtype=np.float32)
+        row_ok = (rows >= 0) & (rows < self.size)
+        col_ok = (cols >= 0) & (cols < self.size)
+        out[np.ix_(row_ok, col_ok)] = heatmap[np.ix_(rows[row_ok], cols[col_ok])]
+        return out
+
+
+def box_pixel_slices(box: Box, height: int, width: int) -> tuple[slice, slice]:
+    """Rows and columns covered by an (x, y, w, h) box: [y, y + h) rounded half up, clipped to the image.
+
+    Integer boxes (MS-CXR) cover exactly ``[y:y+h, x:x+w]``, as in the official metrics.
+    """
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise BoxError(f"box {box} must have finite coordinates and positive width and height")
+    x0, x1 = max(math.floor(x + 0.5), 0), min(math.floor(x + w + 0.5), width)
+    y0, y1 = max(math.floor(y + 0.5), 0), min(math.floor(y + h + 0.5), height)
+    if x0 >= x1 or y0 >= y1:
+        raise BoxError(f"box {box} (x, y, w, h) lies outside the {width}x{height} image")
+    return slice(y0, y1), slice(x0, x1)

@@ -1,0 +1,1 @@
+"""Model families, the model directory format and the loader."""
