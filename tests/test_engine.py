@@ -1,0 +1,84 @@
+"""Engine pieces: the schedule against MONAI's scheduler, the recorder's restore, multi-phrase sharing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.schedulers import DDIMScheduler
+
+from medground import Grounder, load_model
+from medground.config import GroundingConfig, preset
+from medground.engine.attention import CrossAttentionRecorder, cross_attention_paths
+from medground.engine.schedule import NoiseSchedule, inversion_step, inversion_timesteps
+from medground.errors import ConfigError
+
+
+def test_paper_grid_and_window():
+    grid = inversion_timesteps(1000, 300, "trailing")
+    assert len(grid) == 334 and grid[:3] == [0, 3, 6] and grid[-1] == 999
+    assert preset("paper").window == (120, 180)
+    assert [grid[i] for i in (120, 179)] == [360, 537]
+    assert inversion_timesteps(1000, 300, "leading")[:2] == [0, 3]
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_inversion_step_matches_monai_reversed_step(prediction_type):
+    schedule = NoiseSchedule(prediction_type=prediction_type)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=0.0015,
+                              beta_end=0.0205, prediction_type=prediction_type, clip_sample=False)
+    scheduler.set_timesteps(300)
+    assert torch.equal(schedule.alphas_cumprod(), scheduler.alphas_cumprod)
+    alphas = schedule.alphas_cumprod()
+    latent, output = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for t in (0, 360, 537):
+        expected, _ = scheduler.reversed_step(output, t, latent)
+        ours = inversion_step(latent, output, alphas[t], alphas[t + 3], prediction_type)
+        assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
+
+
+def test_recorder_restores_the_model_and_rejects_unknown_layers(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    paths = cross_attention_paths(model.unet)
+    assert len(paths) == 11  # the paper layout: official index 3, 4, 6, 7 are the 16x16 layers
+    before = {p: (m.save_attn, m.use_flash_attention) for p, m in model.unet.named_modules() if p in paths}
+    assert all(fused for _, fused in before.values())
+    layers = preset("paper").cross_attention_layers
+    latent = torch.randn(1, 3, 16, 16)
+    context = model.embed_text(["effusion"])
+    with CrossAttentionRecorder(model.unet, layers, torch.full((1, 77), 1 / 77)) as recorder:
+        assert all(model.unet.get_submodule(p).save_attn for p in layers)
+        model.unet(latent, timesteps=torch.tensor([3]), context=context)  # not recorded: outside a pass
+        recorder.conditional_pass(lambda: model.unet(latent, timesteps=torch.tensor([3]), context=context))
+    assert set(recorder.sums) == set(layers) and recorder.steps == 1
+    for maps in recorder.sums.values():
+        assert maps.amin() == 0 and maps.amax() == 1  # per-map min-max normalisation
+    after = {p: (m.save_attn, m.use_flash_attention) for p, m in model.unet.named_modules() if p in paths}
+    assert after == before
+    assert all(not m._forward_hooks for m in model.unet.modules())
+    with pytest.raises(ConfigError, match="not in this UNet"):
+        CrossAttentionRecorder(model.unet, ["down_blocks.9.attn2"], torch.ones(1, 77))
+
+
+def test_k_phrases_together_equal_each_alone(tiny_model_dir, nih_root):
+    model = load_model(tiny_model_dir)
+    grounder = Grounder(model, GroundingConfig(inference_steps=60))
+    image = nih_root / "images" / "00003789_000.png"
+    phrases = ["left apical pneumothorax", "moderate cardiomegaly", "bibasilar atelectasis"]
+    together = grounder.ground(image, phrases)
+    assert [r.phrase for r in together] == phrases
+    for phrase, result in zip(phrases, together):
+        alone = grounder.ground(image, [phrase])[0]
+        assert np.abs(alone.model_heatmap - result.model_heatmap).max() <= 1e-5
+    assert not np.allclose(together[0].model_heatmap, together[1].model_heatmap)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="guidance_scale"):
+        GroundingConfig(guidance_scale=7.5)
+    with pytest.raises(ConfigError, match="empty"):
+        GroundingConfig(window_start=10, window_stop=10)
+    with pytest.raises(ConfigError, match="unknown grounding settings"):
+        GroundingConfig.from_dict({"sigma": 2})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("nope")
