@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from medground.errors import BoxError, ImageError
 MIN_IMAGE_SIDE = 32
 """Smaller images carry no usable anatomy once resized to the model's input."""
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = str | Path | Image.Image | np.ndarray
 Box = tuple[float, float, float, float]
 
 
