@@ -32,8 +32,12 @@ def preprocess(path, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_heatmap(model, path, phrase: str, num_timesteps: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (final 512-space map after Otsu, original-size map with NaN padding)."""
+def reference_heatmap(model, path, phrase: str, num_timesteps: int = 300,
+                      stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (final 512-space map after Otsu, original-size map with NaN padding).
+
+    ``stats``, if given, receives the UNet evaluations (batch elements) and the bytes of stored attention.
+    """
     unet, tokenizer = model.unet, model.tokenizer
     size = model.image_size
     image = preprocess(path, size)
@@ -71,6 +75,9 @@ def reference_heatmap(model, path, phrase: str, num_timesteps: int = 300) -> tup
         hook.remove()
     for layer in layers:
         layer.save_attn = False
+    if stats is not None:
+        stats["unet_evaluations"] = 2 * len(scheduler.timesteps)
+        stats["attention_bytes"] = sum(m.numel() * m.element_size() for maps in recorded for m in maps)
 
     token_count = len(tokenizer(phrase, max_length=tokenizer.model_max_length, truncation=True).input_ids)
     t_min, t_max = num_timesteps // 2 - num_timesteps // 10, num_timesteps // 2 + num_timesteps // 10

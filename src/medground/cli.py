@@ -98,6 +98,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from medground.datasets import load_dataset
+    from medground.evaluate import run_evaluation, summary_markdown
+    from medground.methods import make_method
+
+    load = load_dataset(args.dataset, args.root, args.csv)
+    if args.limit:
+        load.samples = load.samples[: args.limit]
+    print(f"{args.dataset}: {len(load.samples)} samples; skipped {len(load.skipped_samples)} with no box inside the "
+          f"crop; dropped {load.dropped_boxes} boxes outside it", file=sys.stderr)
+    method = make_method(args.method, args.model, args.preset, args.device, args.text_encoder)
+    settings = {"root": str(args.root), "csv": str(args.csv) if args.csv else None, "model": args.model,
+                "preset": args.preset if args.method == "ldm" else None, "limit": args.limit}
+    summary = run_evaluation(load, method, args.out, settings, resume=args.resume)
+    print(summary_markdown(summary))
+    print(f"per-sample results: {args.out / 'samples.jsonl'}; summaries: {args.out}/summary.{{json,md,csv}}; "
+          f"contact sheet: {args.out / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from medground.evaluate import compare_runs
+
+    print(compare_runs(args.runs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medground",
@@ -131,6 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SD-2.1-base style folder (text_encoder/ + tokenizer/) or hub-id[@revision]")
     convert.add_argument("--out", type=Path, required=True, help="output model directory")
     convert.set_defaults(func=cmd_convert)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a method on a dataset (resumable) and write paper-style tables",
+        description="Run METHOD over every sample of a dataset. RUN_DIR/samples.jsonl gets one line per sample as "
+        "it goes (use --resume after an interruption); then summary.json/.md/.csv (per class mean and std, and "
+        "the paper's headline: the unweighted mean over classes +- std across classes) and contact_sheet.png.")
+    evaluate.add_argument("--dataset", required=True, choices=["ms-cxr", "nih", "vindr", "csv"])
+    evaluate.add_argument("--root", type=Path, required=True, help="image root (MIMIC-CXR-JPG for ms-cxr)")
+    evaluate.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
+    evaluate.add_argument("--method", required=True, choices=["ldm", "uniform", "centre"])
+    evaluate.add_argument("--model", default=None, help="model directory or known name (method ldm)")
+    evaluate.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    evaluate.add_argument("--text-encoder", default=None, help="text encoder source override (method ldm)")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    evaluate.add_argument("--out", type=Path, required=True, help="run folder")
+    evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    evaluate.set_defaults(func=cmd_eval)
+
+    compare = commands.add_parser("compare", help="compare evaluation runs side by side",
+                                  description="Per class and overall means of several runs on the samples they "
+                                  "share, with paired differences to the first run.")
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.set_defaults(func=cmd_compare)
 
     models = commands.add_parser("models", help="list the model names load_model knows")
     models.set_defaults(func=cmd_models)

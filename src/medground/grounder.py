@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,12 +14,15 @@ import numpy as np
 import torch
 
 from medground.config import GroundingConfig, preset
-from medground.engine.invert import invert_to_window, record_attention
+from medground.engine.invert import WindowLatents, invert_to_window, record_attention
+from medground.errors import ConfigError
 from medground.heatmap import average_attention_maps
 from medground.images import Geometry, ImageInput, read_image
 from medground.models.ldm import LatentDiffusionModel
 from medground.postprocess import GroundedBox, boxes_from_mask, smooth_and_threshold
 from medground.text import phrase_tokens
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -61,13 +67,29 @@ def _model_overrides(model: LatentDiffusionModel) -> dict[str, Any]:
 
 
 class Grounder:
-    """Grounds phrases with a frozen LDM: ``Grounder(model, "paper").ground(image, phrases)``."""
+    """Grounds phrases with a frozen LDM: ``Grounder(model, "paper").ground(image, phrases)``.
+
+    The unconditional trajectory inside the window is cached per image (content hash + model + the
+    settings that shape it), so a later query on the same image runs only the conditional passes.
+    ``precision`` = ``bf16``/``fp16`` runs the UNet under CUDA autocast; ``fp32`` is exact.
+    """
 
     def __init__(self, model: LatentDiffusionModel, config: GroundingConfig | str | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, batch_size: int = 8, precision: str = "fp32",
+                 cache_size: int = 64) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and model.device.type != "cuda":
+            raise ConfigError(f"precision {precision!r} needs a CUDA device; the model is on {model.device}")
         self.model = model
         self.config = resolve_config(model, config)
         self.progress = progress
+        self.batch_size = batch_size
+        self.precision = precision
+        self.cache_size = cache_size
+        self._trajectories: OrderedDict[str, WindowLatents] = OrderedDict()
+        self.unet_evaluations = {"unconditional": 0, "conditional": 0}
+        """Running count of UNet evaluations (batch elements) done by this grounder."""
 
     def ground(self, image: ImageInput, phrases: str | Sequence[str]) -> list[GroundingResult]:
         """All phrases of one image share one inversion; their conditional passes run as one batch."""
@@ -75,36 +97,66 @@ class Grounder:
         return self.ground_many([(image, phrases)])[0]
 
     def ground_many(self, items: Sequence[tuple[ImageInput, Sequence[str]]]) -> list[list[GroundingResult]]:
-        """Several images, each with its phrases: the unconditional trajectories run as one batch."""
+        """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``."""
         started = time.perf_counter()
+        counts_before = dict(self.unet_evaluations)
         size = self.model.image_size
         pixels = [read_image(image) for image, _ in items]
         tokens = [[phrase_tokens(self.model.tokenizer, p) for p in phrases] for _, phrases in items]
-        if not any(tokens):
-            return [[] for _ in items]
         geometries = [Geometry(width=p.shape[1], height=p.shape[0], size=size) for p in pixels]
-        batch = torch.cat([g.to_model(p) for g, p in zip(geometries, pixels)]).to(self.model.device)
-        latents = self.model.encode_images(batch)
-        prepared = time.perf_counter()
-        window = invert_to_window(self.model, latents, self.config, progress=self.progress)
-        inverted = time.perf_counter()
-        image_index = [i for i, image_tokens in enumerate(tokens) for _ in image_tokens]
-        flat_tokens = [t for image_tokens in tokens for t in image_tokens]
-        recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
+        inputs = [g.to_model(p) for g, p in zip(geometries, pixels)]
+        with self._autocast():
+            window = self._window_latents(inputs)
+            inverted = time.perf_counter()
+            image_index = [i for i, image_tokens in enumerate(tokens) for _ in image_tokens]
+            flat_tokens = [t for image_tokens in tokens for t in image_tokens]
+            if not flat_tokens:
+                return [[] for _ in items]
+            recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
+        self.unet_evaluations["conditional"] += recorded.conditional_evaluations
         recorded_at = time.perf_counter()
         upsample = self.config.upsample_size or size
         maps = average_attention_maps(recorded.per_layer, recorded.steps, upsample).numpy()
-        timings = {
-            "prepare": prepared - started,
-            "inversion": inverted - prepared,
-            "conditional": recorded_at - inverted,
-            "unet_evaluations_unconditional": float(window.unconditional_evaluations),
-            "unet_evaluations_conditional": float(recorded.conditional_evaluations),
-        }
+        timings = {"inversion": inverted - started, "conditional": recorded_at - inverted,
+                   "recorded_attention_bytes": float(recorded.peak_bytes)}
+        timings.update({f"unet_evaluations_{kind}": float(self.unet_evaluations[kind] - counts_before[kind])
+                        for kind in counts_before})
         results: list[list[GroundingResult]] = [[] for _ in items]
         for row, (image_number, phrase) in enumerate(zip(image_index, flat_tokens)):
             results[image_number].append(self._finish(phrase.phrase, maps[row], geometries[image_number], timings))
         return results
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=PRECISIONS[self.precision])
+
+    def _trajectory_key(self, model_input: torch.Tensor) -> str:
+        digest = hashlib.sha256(model_input.numpy().tobytes()).hexdigest()
+        c = self.config
+        return (f"{digest}|{self.model.name}|{id(self.model)}|{c.inference_steps}|{c.timestep_spacing}|"
+                f"{c.window}|{c.unconditional_prompt!r}|{self.precision}")
+
+    def _window_latents(self, inputs: list[torch.Tensor]) -> WindowLatents:
+        """Window latents of every input, from the cache or by batched inversion of the missing ones."""
+        keys = [self._trajectory_key(x) for x in inputs]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._trajectories))
+        first_input = {k: x for k, x in reversed(list(zip(keys, inputs)))}
+        fresh: dict[str, WindowLatents] = {}
+        for begin in range(0, len(missing), self.batch_size):
+            chunk = missing[begin : begin + self.batch_size]
+            batch = torch.cat([first_input[k] for k in chunk]).to(self.model.device)
+            window = invert_to_window(self.model, self.model.encode_images(batch), self.config, self.progress)
+            self.unet_evaluations["unconditional"] += (self.config.window[1] - 1) * len(chunk)
+            fresh.update({key: window.select([i]) for i, key in enumerate(chunk)})
+        parts = [fresh[k] if k in fresh else self._trajectories[k] for k in keys]
+        for key, window in fresh.items():
+            self._trajectories[key] = window
+        for key in keys:
+            self._trajectories.move_to_end(key)
+        while len(self._trajectories) > self.cache_size:
+            self._trajectories.popitem(last=False)
+        return WindowLatents.concat(parts)
 
     def _finish(self, phrase: str, attention: np.ndarray, geometry: Geometry,
                 timings: dict[str, float]) -> GroundingResult:

@@ -58,6 +58,8 @@ class CrossAttentionRecorder:
         self.normalise_each_map = normalise_each_map
         self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0
+        self.peak_bytes = 0
+        """Largest memory held for recorded attention: the running sums plus one layer's probabilities."""
         self._recording = False
         self._fired = 0
         self._handles: list[Any] = []
@@ -118,3 +120,5 @@ class CrossAttentionRecorder:
             span = maps.amax(dim=(1, 2), keepdim=True) - low
             maps = torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
         self.sums[path] = self.sums[path] + maps if path in self.sums else maps
+        held = sum(t.numel() * t.element_size() for t in self.sums.values())
+        self.peak_bytes = max(self.peak_bytes, held + probabilities.numel() * probabilities.element_size())

@@ -22,10 +22,18 @@ from medground.text import PhraseTokens, token_weights
 
 @dataclass(frozen=True)
 class WindowLatents:
-    """The inverted latents at each recorded grid position: (timestep, latent batch) pairs."""
+    """The inverted latents at the recorded grid positions: ``latents[step, image]`` at ``timesteps[step]``."""
 
-    steps: tuple[tuple[int, torch.Tensor], ...]
-    unconditional_evaluations: int
+    timesteps: tuple[int, ...]
+    latents: torch.Tensor
+    """(steps, images, C, h, w)"""
+
+    def select(self, images: Sequence[int]) -> WindowLatents:
+        return WindowLatents(self.timesteps, self.latents[:, list(images)])
+
+    @staticmethod
+    def concat(parts: Sequence[WindowLatents]) -> WindowLatents:
+        return WindowLatents(parts[0].timesteps, torch.cat([p.latents for p in parts], dim=1))
 
 
 @dataclass
@@ -35,6 +43,7 @@ class RecordedAttention:
     per_layer: dict[str, torch.Tensor]
     steps: int
     conditional_evaluations: int
+    peak_bytes: int
 
 
 def window_grid(model: LatentDiffusionModel, config: GroundingConfig) -> list[int]:
@@ -56,17 +65,17 @@ def invert_to_window(model: LatentDiffusionModel, latents: torch.Tensor, config:
     alphas = model.noise_schedule.alphas_cumprod().to(latents.device)
     uncond = model.embed_text([config.unconditional_prompt])
     uncond = uncond.expand(latents.shape[0], *uncond.shape[1:])
-    kept: list[tuple[int, torch.Tensor]] = []
+    kept: list[torch.Tensor] = []
     latent = latents
     for position in tqdm(range(stop), desc="inversion", disable=not progress, leave=False):
         timestep = grid[position]
         if position >= start:
-            kept.append((timestep, latent))
+            kept.append(latent)
         if position + 1 < stop:
             prediction = model.unet(latent, timesteps=torch.tensor([timestep], device=latent.device), context=uncond)
             latent = inversion_step(latent, prediction, alphas[timestep], alphas[grid[position + 1]],
                                     model.noise_schedule.prediction_type)
-    return WindowLatents(steps=tuple(kept), unconditional_evaluations=(stop - 1) * latents.shape[0])
+    return WindowLatents(timesteps=tuple(grid[start:stop]), latents=torch.stack(kept))
 
 
 @torch.no_grad()
@@ -78,10 +87,10 @@ def record_attention(model: LatentDiffusionModel, window: WindowLatents, image_i
     index = torch.as_tensor(list(image_index), dtype=torch.long)
     with CrossAttentionRecorder(model.unet, config.cross_attention_layers, weights,
                                 config.normalise_each_map) as recorder:
-        for timestep, latent in window.steps:
+        for timestep, latent in zip(window.timesteps, window.latents):
             batch = latent[index.to(latent.device)]
             t = torch.tensor([timestep], device=latent.device)
             recorder.conditional_pass(lambda: model.unet(batch, timesteps=t, context=context))  # noqa: B023
     return RecordedAttention(per_layer=recorder.sums, steps=recorder.steps,
-                             conditional_evaluations=recorder.steps * len(phrases))
+                             conditional_evaluations=recorder.steps * len(phrases), peak_bytes=recorder.peak_bytes)
 

@@ -1,0 +1,133 @@
+"""Engine vs the paper-faithful reference (tests/reference_paper.py), measured side by side.
+
+    python benchmarks/engine.py --quick [--json]        # 2 CPU cores, a few minutes
+    python benchmarks/engine.py --device cuda [--precision bf16]   # the paper's full configuration
+
+Both run on the same random-weight model of the paper's layout and the same real radiograph. Reported:
+UNet evaluations (batch elements) and wall time per (image, phrase) for 1 and 4 phrases, bytes of
+recorded attention, the max |diff| of the final maps, and the ratios reference / engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from reference_paper import reference_heatmap  # noqa: E402
+
+from medground import Grounder, GroundingConfig, load_model  # noqa: E402
+from medground.engine.schedule import inversion_timesteps  # noqa: E402
+from medground.models.random_init import random_paper_layout  # noqa: E402
+
+IMAGE = ROOT.parent / "shared" / "data" / "nih-cxr14-bbox" / "images" / "00000072_000.png"
+PHRASES = ["small left pleural effusion", "moderate cardiomegaly", "right lower lobe consolidation",
+           "left apical pneumothorax"]
+
+
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    steps = 60 if args.quick else 300
+    config = GroundingConfig(inference_steps=steps)
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = random_paper_layout(Path(folder) / "model", width_divisor=8 if args.quick else 1,
+                                        image_size=128 if args.quick else 512, text_dim=64 if args.quick else 1024)
+        reference_model = load_model(model_dir, device=args.device)
+        engine_model = load_model(model_dir, device=args.device)
+    image = args.image
+
+    reference = {"seconds": [], "maps": [], "stats": []}
+    for phrase in PHRASES:
+        stats: dict = {}
+        synchronise(args.device)
+        started = time.perf_counter()
+        model_map, _ = reference_heatmap(reference_model, image, phrase, num_timesteps=steps, stats=stats)
+        synchronise(args.device)
+        reference["seconds"].append(time.perf_counter() - started)
+        reference["maps"].append(model_map)
+        reference["stats"].append(stats)
+
+    engine = {}
+    for count in (1, 4):
+        grounder = Grounder(engine_model, config, precision=args.precision)
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        synchronise(args.device)
+        started = time.perf_counter()
+        results = grounder.ground(image, PHRASES[:count])
+        synchronise(args.device)
+        engine[count] = {"seconds": time.perf_counter() - started, "results": results,
+                         "evaluations": sum(grounder.unet_evaluations.values())}
+
+    window = config.window
+    engine_bytes = int(engine[4]["results"][0].timings["recorded_attention_bytes"])
+    ref_bytes = reference["stats"][0]["attention_bytes"] * 4
+    diffs = [np.abs(r.model_heatmap - m).max() for r, m in zip(engine[4]["results"], reference["maps"])]
+    ref_1, ref_4 = reference["seconds"][0], sum(reference["seconds"])
+    report = {
+        "device": args.device, "precision": args.precision, "quick": args.quick,
+        "grid_steps": len(inversion_timesteps(1000, steps, config.timestep_spacing)), "window": list(window),
+        "reference": {"seconds_1": ref_1, "seconds_4": ref_4,
+                      "unet_evaluations_per_phrase": reference["stats"][0]["unet_evaluations"],
+                      "attention_bytes_per_phrase": reference["stats"][0]["attention_bytes"]},
+        "engine": {"seconds_1": engine[1]["seconds"], "seconds_4": engine[4]["seconds"],
+                   "unet_evaluations_1": engine[1]["evaluations"], "unet_evaluations_4": engine[4]["evaluations"],
+                   "attention_bytes_4": engine_bytes},
+        "speedup_1": ref_1 / engine[1]["seconds"],
+        "speedup_4": ref_4 / engine[4]["seconds"],
+        "max_abs_diff": float(max(diffs)),
+        "attention_bytes_ratio": engine_bytes / ref_bytes,
+        "seconds_per_image_phrase": {"reference": ref_4 / 4, "engine_1": engine[1]["seconds"],
+                                     "engine_4": engine[4]["seconds"] / 4},
+    }
+    return report
+
+
+def print_table(report: dict) -> None:
+    ref, eng = report["reference"], report["engine"]
+    print(f"device {report['device']} ({report['precision']}), grid {report['grid_steps']} steps, window "
+          f"{report['window']}")
+    print("| | reference | engine, 1 phrase | engine, 4 phrases (one call) |")
+    print("|---|---|---|---|")
+    print(f"| UNet evaluations | {ref['unet_evaluations_per_phrase']} per phrase | {eng['unet_evaluations_1']} | "
+          f"{eng['unet_evaluations_4']} |")
+    print(f"| wall time (s) | {ref['seconds_1']:.2f} per phrase, {ref['seconds_4']:.2f} for 4 | {eng['seconds_1']:.2f} "
+          f"| {eng['seconds_4']:.2f} |")
+    print(f"| recorded attention (bytes) | {ref['attention_bytes_per_phrase']:,} per phrase | | "
+          f"{eng['attention_bytes_4']:,} |")
+    print(f"speedup_1 {report['speedup_1']:.2f}x, speedup_4 {report['speedup_4']:.2f}x, max |diff| "
+          f"{report['max_abs_diff']:.2e}, attention bytes ratio {report['attention_bytes_ratio']:.2e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1/8-width paper layout, 128 px, 60-step grid")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--image", type=Path, default=IMAGE)
+    args = parser.parse_args()
+    report = run(args)
+    if args.json:
+        print(json.dumps({k: report[k] for k in ("speedup_1", "speedup_4", "max_abs_diff", "attention_bytes_ratio")}
+                         | {"details": report}, indent=2))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()
