@@ -82,3 +82,27 @@ def test_config_validation():
         GroundingConfig.from_dict({"sigma": 2})
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("nope")
+
+
+def test_trajectory_cache_and_image_batching(tiny_model_dir, odd_images):
+    model = load_model(tiny_model_dir)
+    config = GroundingConfig(inference_steps=60)
+    grounder = Grounder(model, config, batch_size=2)
+    images = [odd_images["portrait"], odd_images["landscape"]]
+    batched = grounder.ground_many([(images[0], ["cardiomegaly"]), (images[1], ["pleural effusion"])])
+    window_stop = config.window[1]
+    assert grounder.unet_evaluations == {"unconditional": 2 * (window_stop - 1), "conditional": 2 * 12}
+    again = grounder.ground(images[1], ["pleural effusion", "cardiomegaly"])  # cached: conditional passes only
+    assert grounder.unet_evaluations["unconditional"] == 2 * (window_stop - 1)
+    assert grounder.unet_evaluations["conditional"] == 2 * 12 + 2 * 12
+    assert again[0].timings["unet_evaluations_unconditional"] == 0
+    for image, phrase, result in ((images[0], "cardiomegaly", batched[0][0]), (images[1], "pleural effusion",
+                                                                               batched[1][0])):
+        alone = Grounder(model, config).ground(image, [phrase])[0]
+        assert np.abs(alone.model_heatmap - result.model_heatmap).max() <= 1e-5
+    assert np.abs(again[0].model_heatmap - batched[1][0].model_heatmap).max() <= 1e-6
+
+
+def test_reduced_precision_needs_cuda(tiny_model_dir):
+    with pytest.raises(ConfigError, match="CUDA"):
+        Grounder(load_model(tiny_model_dir), precision="bf16")

@@ -59,11 +59,9 @@ def resolve_config(model: LatentDiffusionModel, config: GroundingConfig | str | 
 
 
 def _model_overrides(model: LatentDiffusionModel) -> dict[str, Any]:
-    overrides = dict(model.grounding_defaults)
-    GroundingConfig.from_dict(overrides)  # validates the names and values
-    if "cross_attention_layers" in overrides:
-        overrides["cross_attention_layers"] = tuple(overrides["cross_attention_layers"])
-    return overrides
+    """The model directory's ``grounding_defaults``, validated and typed as GroundingConfig fields."""
+    validated = GroundingConfig.from_dict(model.grounding_defaults)
+    return {name: getattr(validated, name) for name in model.grounding_defaults}
 
 
 class Grounder:

@@ -29,6 +29,11 @@ from medground.toy.phantoms import generate_phantom, phantom_vocabulary
 TRAIN_SEED_OFFSET = 0
 """Training phantoms use seeds [0, steps * batch); validation and evaluation seeds lie far above."""
 TEXT_LENGTH = 24
+TEXT_LAYERS = 0
+"""No transformer layers: token + position embeddings and the final LayerNorm. Each token then carries only
+its own word and the end/padding tokens carry nothing, so the UNet must read the words themselves; with
+causal layers it learnt to read the whole caption from the padding tokens, and word-level attention maps
+came out anti-correlated with the findings (measured: AUROC 0.31 at step 1200 of a 2-layer run)."""
 UNET_ARGS = {
     "spatial_dims": 2, "in_channels": 4, "out_channels": 4, "channels": [32, 64, 96],
     "attention_levels": [False, True, True], "num_res_blocks": 1, "num_head_channels": [0, 64, 96],
@@ -47,7 +52,7 @@ def build_networks(tokenizer_dir: Path, seed: int):
     tokenizer = build_clip_tokenizer(phantom_vocabulary() + ["."], tokenizer_dir, num_merges=400,
                                      max_length=TEXT_LENGTH)
     text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=TEXT_LAYERS,
         num_attention_heads=2, max_position_embeddings=TEXT_LENGTH, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
