@@ -68,7 +68,7 @@ def test_nih_baselines_match_an_independent_computation(nih_root, tmp_path, meth
 def test_ms_cxr_reader_merges_duplicates_and_filters_the_crop(tmp_path):
     header = "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
     rows = [
-        "d1,Pneumonia,left lower lobe pneumonia,files/p1/s1/d1.jpg,600,800,200,150,2000,1000",  # kept: x 500..1500 survive
+        "d1,Pneumonia,left lower lobe pneumonia,files/p1/s1/d1.jpg,600,800,200,150,2000,1000",  # kept
         "d1,Pneumonia,left lower lobe pneumonia,files/p1/s1/d1.jpg,1200,700,100,100,2000,1000",
         "d1,Pneumonia,left lower lobe pneumonia,files/p1/s1/d1.jpg,5,5,40,40,2000,1000",  # cropped away
         "d1,Cardiomegaly,enlarged heart,files/p1/s1/d1.jpg,800,400,400,300,2000,1000",

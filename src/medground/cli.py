@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # per-file load/save bars would drown our own output
     try:
         return args.func(args)
     except MedgroundError as exc:

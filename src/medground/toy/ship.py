@@ -30,14 +30,18 @@ MID_RES_LAYERS = (  # 16x16
     "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
     "up_blocks.1.attentions.1.transformer_blocks.0.attn2",
 )
-BASE = {"inference_steps": 100, "cross_attention_layers": list(LOW_RES_LAYERS), "gaussian_sigma": 1.0}
+ALL_LAYERS = LOW_RES_LAYERS + MID_RES_LAYERS
+BASE = {"inference_steps": 100, "cross_attention_layers": list(ALL_LAYERS), "gaussian_sigma": 1.0}
 CANDIDATES = [
     BASE,
-    {**BASE, "cross_attention_layers": list(LOW_RES_LAYERS + MID_RES_LAYERS)},
+    {**BASE, "cross_attention_layers": list(LOW_RES_LAYERS)},
+    {**BASE, "cross_attention_layers": list(MID_RES_LAYERS)},
+    {**BASE, "window_start": 0, "window_stop": 20},
+    {**BASE, "window_start": 10, "window_stop": 30},
     {**BASE, "window_start": 20, "window_stop": 40},
+    {**BASE, "window_start": 10, "window_stop": 40, "gaussian_sigma": 2.0},
     {**BASE, "window_start": 60, "window_stop": 80},
     {**BASE, "gaussian_sigma": 2.0},
-    {**BASE, "gaussian_sigma": 0.0},
 ]
 
 
