@@ -1,6 +1,6 @@
 """Engine vs the paper-faithful reference (tests/reference_paper.py), measured side by side.
 
-    python benchmarks/engine.py --quick [--json]        # 2 CPU cores, a few minutes
+    python benchmarks/engine.py --quick [--json]        # 2 CPU cores, about 2 minutes
     python benchmarks/engine.py --device cuda [--precision bf16]   # the paper's full configuration
 
 Both run on the same random-weight model of the paper's layout and the same real radiograph. Reported:
@@ -41,14 +41,19 @@ def synchronise(device: str) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    steps = 60 if args.quick else 300
+    steps = args.steps or 300
     config = GroundingConfig(inference_steps=steps)
+    width_divisor = args.width_divisor or (4 if args.quick else 1)
     with tempfile.TemporaryDirectory() as folder:
-        model_dir = random_paper_layout(Path(folder) / "model", width_divisor=8 if args.quick else 1,
-                                        image_size=128 if args.quick else 512, text_dim=64 if args.quick else 1024)
+        model_dir = random_paper_layout(Path(folder) / "model", width_divisor=width_divisor,
+                                        image_size=args.size or (256 if args.quick else 512),
+                                        text_dim=64 if args.quick else 1024)
         reference_model = load_model(model_dir, device=args.device)
         engine_model = load_model(model_dir, device=args.device)
     image = args.image
+    # warm-up of both paths (kernel selection, allocator), not timed
+    reference_heatmap(reference_model, image, PHRASES[0], num_timesteps=steps)
+    Grounder(engine_model, config, precision=args.precision).ground(image, PHRASES[0])
 
     reference = {"seconds": [], "maps": [], "stats": []}
     for phrase in PHRASES:
@@ -79,7 +84,8 @@ def run(args: argparse.Namespace) -> dict:
     diffs = [np.abs(r.model_heatmap - m).max() for r, m in zip(engine[4]["results"], reference["maps"])]
     ref_1, ref_4 = reference["seconds"][0], sum(reference["seconds"])
     report = {
-        "device": args.device, "precision": args.precision, "quick": args.quick,
+        "torch_threads": torch.get_num_threads(), "width_divisor": width_divisor,
+        "image_size": engine_model.image_size, "device": args.device, "precision": args.precision, "quick": args.quick,
         "grid_steps": len(inversion_timesteps(1000, steps, config.timestep_spacing)), "window": list(window),
         "reference": {"seconds_1": ref_1, "seconds_4": ref_4,
                       "unet_evaluations_per_phrase": reference["stats"][0]["unet_evaluations"],
@@ -99,7 +105,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def print_table(report: dict) -> None:
     ref, eng = report["reference"], report["engine"]
-    print(f"device {report['device']} ({report['precision']}), grid {report['grid_steps']} steps, window "
+    print(f"device {report['device']} ({report['precision']}, {report['torch_threads']} threads), paper layout / "
+          f"{report['width_divisor']}, {report['image_size']} px, grid {report['grid_steps']} steps, window "
           f"{report['window']}")
     print("| | reference | engine, 1 phrase | engine, 4 phrases (one call) |")
     print("|---|---|---|---|")
@@ -115,7 +122,12 @@ def print_table(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1/8-width paper layout, 128 px, 60-step grid")
+    parser.add_argument("--quick", action="store_true",
+                        help="1/4-width paper layout at 256 px (random weights), for 2 CPU cores")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="nominal grid steps (default 300: the paper's 334-step grid)")
+    parser.add_argument("--width-divisor", type=int, default=None, help="divide the paper's widths by this")
+    parser.add_argument("--size", type=int, default=None, help="model input side in pixels")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
