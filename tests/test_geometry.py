@@ -72,3 +72,16 @@ def test_paper_back_projection_pads_symmetrically_with_nan():
     original = geometry.to_original(np.ones((64, 64), dtype=np.float32), "paper")
     nan_columns = np.isnan(original).all(axis=0)
     assert nan_columns[:5].all() and not nan_columns[5] and nan_columns[-6:].all() and not nan_columns[-7]
+
+
+def test_boxes_from_mask_one_per_region_best_first():
+    from medground.postprocess import boxes_from_mask
+
+    heatmap = np.zeros((20, 30), dtype=np.float32)
+    heatmap[2:5, 3:9] = 0.4
+    heatmap[10:18, 20:25] = 0.9
+    heatmap[0, 29] = np.nan
+    boxes = boxes_from_mask(heatmap > 0, heatmap)
+    assert [(b.x, b.y, b.w, b.h) for b in boxes] == [(20, 10, 5, 8), (3, 2, 6, 3)]
+    assert boxes[0].score == pytest.approx(0.9) and boxes[1].score == pytest.approx(0.4)
+    assert boxes_from_mask(np.zeros((4, 4), dtype=bool), np.zeros((4, 4))) == []

@@ -51,12 +51,12 @@ class GroundedBox:
 def boxes_from_mask(mask: np.ndarray, heatmap: np.ndarray) -> list[GroundedBox]:
     """One box per 8-connected component of ``mask``, highest mean heatmap first."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    values = np.nan_to_num(heatmap, nan=0.0)
+    if count == 0:
+        return []
+    scores = ndimage.mean(np.nan_to_num(heatmap, nan=0.0), labels, index=np.arange(1, count + 1))
     boxes = []
-    for label, region in enumerate(ndimage.find_objects(labels), start=1):
-        if region is None:
-            continue
+    for region, score in zip(ndimage.find_objects(labels), scores):
         rows, cols = region
-        score = float(values[labels == label].mean())
-        boxes.append(GroundedBox(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start, score))
+        boxes.append(GroundedBox(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start,
+                                 float(score)))
     return sorted(boxes, key=lambda box: -box.score)
