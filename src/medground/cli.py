@@ -1,4 +1,4 @@
-"""Command line: ``medground ground | convert-monai-ldm | models | demo | toy eval``."""
+"""Command line: ``medground ground | convert-monai-ldm | eval | compare | models | demo | toy eval``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from medground.config import PRESETS
+from medground.datasets.base import DATASETS
 from medground.errors import MedgroundError
+from medground.methods import METHOD_NAMES
+from medground.toy.evaluate import METHODS as TOY_METHODS
 
 
 def _slug(text: str) -> str:
@@ -164,10 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run METHOD over every sample of a dataset. RUN_DIR/samples.jsonl gets one line per sample as "
         "it goes (use --resume after an interruption); then summary.json/.md/.csv (per class mean and std, and "
         "the paper's headline: the unweighted mean over classes +- std across classes) and contact_sheet.png.")
-    evaluate.add_argument("--dataset", required=True, choices=["ms-cxr", "nih", "vindr", "csv"])
+    evaluate.add_argument("--dataset", required=True, choices=list(DATASETS))
     evaluate.add_argument("--root", type=Path, required=True, help="image root (MIMIC-CXR-JPG for ms-cxr)")
     evaluate.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
-    evaluate.add_argument("--method", required=True, choices=["ldm", "uniform", "centre"])
+    evaluate.add_argument("--method", required=True, choices=list(METHOD_NAMES))
     evaluate.add_argument("--model", default=None, help="model directory or known name (method ldm)")
     evaluate.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     evaluate.add_argument("--text-encoder", default=None, help="text encoder source override (method ldm)")
@@ -209,8 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy_eval.add_argument("--n", type=int, default=40, help="number of phantoms")
     toy_eval.add_argument("--json", action="store_true", help="print JSON instead of a table")
     toy_eval.add_argument("--model", default="toy", help="model directory or known name (default: toy)")
-    toy_eval.add_argument("--methods", nargs="+", default=["ldm", "uniform", "centre", "prior", "untrained"],
-                          choices=["ldm", "uniform", "centre", "prior", "untrained"])
+    toy_eval.add_argument("--methods", nargs="+", default=list(TOY_METHODS), choices=list(TOY_METHODS))
     toy_eval.add_argument("--device", default="cpu")
     toy_eval.set_defaults(func=cmd_toy_eval)
     return parser
