@@ -106,3 +106,13 @@ def test_trajectory_cache_and_image_batching(tiny_model_dir, odd_images):
 def test_reduced_precision_needs_cuda(tiny_model_dir):
     with pytest.raises(ConfigError, match="CUDA"):
         Grounder(load_model(tiny_model_dir), precision="bf16")
+
+
+def test_coarser_upsampling_and_soft_maps(tiny_model_dir, odd_images):
+    model = load_model(tiny_model_dir)
+    config = GroundingConfig(inference_steps=60, upsample_size=64, threshold="none", back_projection="exact")
+    result = Grounder(model, config).ground(odd_images["portrait"], ["pleural effusion"])[0]
+    assert result.model_heatmap.shape == (128, 128)  # resized back to the model's input for the geometry
+    assert (result.model_heatmap > 0).mean() > 0.9  # soft map: nothing zeroed below the Otsu threshold
+    assert result.mask.dtype == bool and 0 < result.mask.mean() < 1
+    assert result.heatmap.shape == (353, 301) and np.isnan(result.heatmap).any()
