@@ -128,3 +128,22 @@ def test_eval_and_compare_commands(nih_root, tmp_path, capsys):
     assert "Compared on the 46 samples" in table and "uniform@uniform" in table
     assert main(["compare", str(tmp_path / "uniform"), str(tmp_path / "centre")]) == 0
     assert "centre@centre" in capsys.readouterr().out
+
+
+def test_vindr_reader_merges_radiologists_and_keeps_ms_cxr_classes(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "test").mkdir()
+    Image.fromarray(np.zeros((600, 800), dtype=np.uint8)).save(tmp_path / "test" / "img1.png")
+    rows = ["image_id,rad_id,class_name,x_min,y_min,x_max,y_max",
+            "img1,R8,Pleural effusion,300,300,400,450",
+            "img1,R9,Pleural effusion,310,290,420,440",
+            "img1,R9,Aortic enlargement,380,200,450,260",  # not an MS-CXR class
+            "img1,R10,No finding,,,,"]
+    (tmp_path / "annotations_test.csv").write_text("\n".join(rows) + "\n")
+    load = load_dataset("vindr", tmp_path)
+    assert len(load.samples) == 1
+    sample = load.samples[0]
+    assert (sample.category, sample.phrase) == ("Pleural Effusion", "The patient has pleural effusion")
+    assert (sample.width, sample.height) == (800, 600)
+    assert sample.boxes == ((300.0, 300.0, 100.0, 150.0), (310.0, 290.0, 110.0, 150.0))
