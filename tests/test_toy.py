@@ -75,3 +75,15 @@ def test_shipped_model_beats_every_baseline(held_out_report):
     assert ldm["cnr"] >= max(1.4, max(b["cnr"] for b in baselines) + 0.3)
     assert ldm["discrimination"] >= 0.7 and held_out_report["methods"]["ldm"]["pairs"] >= 4
     assert methods["untrained"]["auroc"] <= 0.62
+
+
+def test_pixel_unshuffle_autoencoder_is_lossless():
+    import torch
+
+    from medground.models.components import PixelUnshuffleAutoencoder
+
+    autoencoder = PixelUnshuffleAutoencoder(in_channels=1, factor=2)
+    images = torch.from_numpy(generate_phantom(7).image)[None, None]
+    latents, _ = autoencoder.encode(images)
+    assert latents.shape == (1, 4, SIZE // 2, SIZE // 2)
+    assert torch.allclose(autoencoder.decode(latents), images, atol=1e-6)
