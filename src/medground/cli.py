@@ -29,8 +29,8 @@ def cmd_ground(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
     grounder = Grounder(model, args.preset, progress=True)
-    results = grounder.ground(args.image, args.phrases)
     pixels = read_image(args.image)
+    results = grounder.ground(pixels, args.phrases)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.image).stem
     for result in results:

@@ -103,8 +103,13 @@ def _image_batches(samples: Sequence[Sample], images_per_batch: int) -> list[lis
     return batches
 
 
+def _preview_step(height: int, width: int) -> int:
+    """Pixel stride that brings the longer side to at most PREVIEW_SIDE."""
+    return max(1, int(np.ceil(max(height, width) / PREVIEW_SIDE)))
+
+
 def _preview(heatmap: np.ndarray) -> np.ndarray:
-    step = max(1, int(np.ceil(max(heatmap.shape) / PREVIEW_SIDE)))
+    step = _preview_step(*heatmap.shape)
     return heatmap[::step, ::step].astype(np.float16)
 
 
@@ -170,7 +175,7 @@ def _contact_sheet(load: DatasetLoad, records: Sequence[dict], out_dir: Path, co
     for label, record in chosen:
         sample = by_id[record["id"]]
         preview = np.load(out_dir / "previews" / f"{sample.id}.npy").astype(np.float32)
-        step = max(1, int(np.ceil(max(sample.height, sample.width) / PREVIEW_SIDE)))
+        step = _preview_step(sample.height, sample.width)
         image = read_image(sample.image_path)[::step, ::step]
         boxes = [(x / step, y / step, w / step, h / step) for x, y, w, h in sample.boxes]
         panels.append({"image": image, "heatmap": preview, "truth": boxes,

@@ -103,13 +103,13 @@ class Grounder:
         tokens = [[phrase_tokens(self.model.tokenizer, p) for p in phrases] for _, phrases in items]
         geometries = [Geometry(width=p.shape[1], height=p.shape[0], size=size) for p in pixels]
         inputs = [g.to_model(p) for g, p in zip(geometries, pixels)]
+        image_index = [i for i, image_tokens in enumerate(tokens) for _ in image_tokens]
+        flat_tokens = [t for image_tokens in tokens for t in image_tokens]
+        if not flat_tokens:
+            return [[] for _ in items]
         with self._autocast():
             window = self._window_latents(inputs)
             inverted = time.perf_counter()
-            image_index = [i for i, image_tokens in enumerate(tokens) for _ in image_tokens]
-            flat_tokens = [t for image_tokens in tokens for t in image_tokens]
-            if not flat_tokens:
-                return [[] for _ in items]
             recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
         self.unet_evaluations["conditional"] += recorded.conditional_evaluations
         recorded_at = time.perf_counter()
@@ -139,11 +139,11 @@ class Grounder:
         """Window latents of every input, from the cache or by batched inversion of the missing ones."""
         keys = [self._trajectory_key(x) for x in inputs]
         missing = list(dict.fromkeys(k for k in keys if k not in self._trajectories))
-        first_input = {k: x for k, x in reversed(list(zip(keys, inputs)))}
+        input_of = dict(zip(keys, inputs))  # equal keys mean equal content
         fresh: dict[str, WindowLatents] = {}
         for begin in range(0, len(missing), self.batch_size):
             chunk = missing[begin : begin + self.batch_size]
-            batch = torch.cat([first_input[k] for k in chunk]).to(self.model.device)
+            batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device)
             window = invert_to_window(self.model, self.model.encode_images(batch), self.config, self.progress)
             self.unet_evaluations["unconditional"] += (self.config.window[1] - 1) * len(chunk)
             fresh.update({key: window.select([i]) for i, key in enumerate(chunk)})

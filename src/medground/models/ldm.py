@@ -130,6 +130,11 @@ def parse_text_source(source: str) -> dict[str, str]:
     return {"hub_id": hub_id, "revision": revision or "main"}
 
 
+def text_part_folder(base: Path, part: str) -> Path:
+    """``base/part`` in the diffusers layout (``text_encoder/``, ``tokenizer/``), else ``base`` itself."""
+    return base / part if (base / part).is_dir() else base
+
+
 def _load_text_part(model_dir: Path, spec: dict, part: str, override: dict[str, str] | None) -> Any:
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -139,8 +144,7 @@ def _load_text_part(model_dir: Path, spec: dict, part: str, override: dict[str, 
     cls = CLIPTextModel if part == "text_encoder" else CLIPTokenizer
     source = override or entry["source"]
     if "path" in source:
-        base = model_dir / source["path"]
-        folder = base / part if (base / part).is_dir() else base
+        folder = text_part_folder(model_dir / source["path"], part)
         if not folder.is_dir():
             raise WeightsNotFoundError(f"{part} folder not found: {folder}")
         try:

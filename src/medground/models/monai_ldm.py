@@ -20,7 +20,7 @@ from torch import nn
 from medground.engine.schedule import NoiseSchedule
 from medground.errors import ModelLoadError, WeightsNotFoundError
 from medground.models.components import network_class
-from medground.models.ldm import parse_text_source, save_model_dir
+from medground.models.ldm import parse_text_source, save_model_dir, text_part_folder
 
 PAPER_AUTOENCODER_ARGS: dict[str, Any] = {
     "spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [64, 128, 128, 128],
@@ -99,8 +99,7 @@ def convert_monai_ldm(autoencoder_path: Path, unet_path: Path, text_encoder: str
     text_entries: dict[str, Any] = {}
     if "path" in source:
         base = Path(source["path"])
-        text_dir = base / "text_encoder" if (base / "text_encoder").is_dir() else base
-        tokenizer_dir = base / "tokenizer" if (base / "tokenizer").is_dir() else base
+        text_dir, tokenizer_dir = text_part_folder(base, "text_encoder"), text_part_folder(base, "tokenizer")
         try:
             text_model = CLIPTextModel.from_pretrained(str(text_dir), local_files_only=True)
             tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)

@@ -18,6 +18,7 @@ import numpy as np
 
 from medground.config import GroundingConfig
 from medground.grounder import Grounder, resolve_config
+from medground.methods import centre_gaussian
 from medground.metrics import auroc, box_union_mask, cnr, miou
 from medground.models.ldm import LatentDiffusionModel, load_model, save_model_dir
 from medground.toy.phantoms import SIZE, Phantom, generate_phantom
@@ -25,11 +26,6 @@ from medground.toy.phantoms import SIZE, Phantom, generate_phantom
 VALIDATION_SEEDS = range(5_000_000, 5_000_200)
 """Seeds for choosing the shipped model's defaults and for the position prior; never for evaluation."""
 METHODS = ("ldm", "uniform", "centre", "prior", "untrained")
-
-
-def centre_prior(size: int = SIZE) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
-    return np.exp(-(xx**2 + yy**2) / (2 * (size / 4) ** 2)).astype(np.float32)
 
 
 def box_position_prior(seeds: Sequence[int] = VALIDATION_SEEDS) -> np.ndarray:
@@ -89,7 +85,7 @@ def evaluate_toy(model: LatentDiffusionModel, seed: int, n: int, methods: Sequen
     config = resolve_config(model, config)
     phantoms = [p for p in (generate_phantom(seed + i) for i in range(n)) if p.findings]
     fixed: dict[str, Callable[[], np.ndarray]] = {
-        "uniform": lambda: np.ones((SIZE, SIZE), dtype=np.float32), "centre": centre_prior,
+        "uniform": lambda: np.ones((SIZE, SIZE), dtype=np.float32), "centre": lambda: centre_gaussian(SIZE, SIZE),
         "prior": box_position_prior,
     }
     report = {"seed": seed, "n_images": n, "n_phrases": sum(len(p.findings) for p in phantoms), "methods": {}}
