@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> dict:
     window = config.window
     engine_bytes = int(engine[4]["results"][0].timings["recorded_attention_bytes"])
     ref_bytes = reference["stats"][0]["attention_bytes"] * 4
-    diffs = [np.abs(r.model_heatmap - m).max() for r, m in zip(engine[4]["results"], reference["maps"])]
+    pairs = [(r.model_heatmap, m) for r, m in zip(engine[4]["results"], reference["maps"])]
+    diffs = [np.abs(e - r).max() for e, r in pairs]
     ref_1, ref_4 = reference["seconds"][0], sum(reference["seconds"])
     report = {
         "torch_threads": torch.get_num_threads(), "width_divisor": width_divisor,
@@ -96,6 +97,9 @@ def run(args: argparse.Namespace) -> dict:
         "speedup_1": ref_1 / engine[1]["seconds"],
         "speedup_4": ref_4 / engine[4]["seconds"],
         "max_abs_diff": float(max(diffs)),
+        "mean_abs_diff": float(np.mean([np.abs(e - r).mean() for e, r in pairs])),
+        "mask_disagreement": float(np.mean([((e > 0) != (r > 0)).mean() for e, r in pairs])),
+        "tf32": args.tf32,
         "attention_bytes_ratio": engine_bytes / ref_bytes,
         "seconds_per_image_phrase": {"reference": ref_4 / 4, "engine_1": engine[1]["seconds"],
                                      "engine_4": engine[4]["seconds"] / 4},
@@ -130,12 +134,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="model input side in pixels")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
     parser.add_argument("--image", type=Path, default=IMAGE)
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
+                        help="CUDA: the reference in plain fp32 too (PyTorch lets cuDNN convolutions use TF32 by "
+                        "default; the engine's fp32 precision always switches TF32 off)")
     args = parser.parse_args()
+    torch.backends.cudnn.allow_tf32 = args.tf32 and torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32 and torch.backends.cuda.matmul.allow_tf32
     report = run(args)
     if args.json:
-        print(json.dumps({k: report[k] for k in ("speedup_1", "speedup_4", "max_abs_diff", "attention_bytes_ratio")}
+        headline = ("speedup_1", "speedup_4", "max_abs_diff", "mean_abs_diff", "mask_disagreement",
+                    "attention_bytes_ratio")
+        print(json.dumps({k: report[k] for k in headline}
                          | {"details": report}, indent=2))
     else:
         print_table(report)

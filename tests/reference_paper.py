@@ -41,11 +41,12 @@ def reference_heatmap(model, path, phrase: str, num_timesteps: int = 300,
     unet, tokenizer = model.unet, model.tokenizer
     size = model.image_size
     image = preprocess(path, size)
-    latent = model.autoencoder.encode(image)[0] * model.latent_scale
+    device = next(unet.parameters()).device
+    latent = model.autoencoder.encode(image.to(device))[0] * model.latent_scale
 
     ids = tokenizer(["", phrase], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-    embeds = model.text_encoder(ids)[0]
+    embeds = model.text_encoder(ids.to(device))[0]
 
     schedule = model.noise_schedule
     scheduler = DDIMScheduler(num_train_timesteps=1000, schedule="scaled_linear_beta", beta_start=schedule.beta_start,
@@ -63,10 +64,10 @@ def reference_heatmap(model, path, phrase: str, num_timesteps: int = 300,
     for index, layer in enumerate(layers):
         layer.save_attn = True
         hooks.append(layer.register_forward_hook(
-            lambda module, _i, _o, index=index: recorded[index].append(module.att_mat.clone())))
+            lambda module, _i, _o, index=index: recorded[index].append(module.att_mat.to("cpu", copy=True))))
 
     for t in scheduler.timesteps.flip(0):
-        output = unet(torch.cat([latent] * 2), timesteps=torch.Tensor((t,)).long(), context=embeds)
+        output = unet(torch.cat([latent] * 2), timesteps=torch.Tensor((t,)).long().to(device), context=embeds)
         uncond, cond = output.chunk(2)
         noise_pred = uncond + 0.0 * (cond - uncond)
         if t + ratio < 1000:  # the last step (t = 999) would index past the table; nothing uses it

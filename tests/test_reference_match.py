@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from reference_paper import reference_heatmap
 
 from medground import Grounder, load_model
@@ -45,3 +46,16 @@ def test_engine_does_only_the_needed_unet_work(engine_results):
     timings = engine_results["portrait"][0].timings
     assert timings["unet_evaluations_unconditional"] == 179  # positions 0..178 reach the latent at 179
     assert timings["unet_evaluations_conditional"] == 60 * len(PHRASES)  # one batch of phrases per window step
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_strict_fp32_on_cuda_matches_reference_and_restores_tf32_flags(tiny_model_dir, odd_images):
+    """PyTorch lets cuDNN use TF32 by default; ``fp32`` must switch it off for its own call and back after."""
+    torch.backends.cudnn.allow_tf32 = True
+    reference_model = load_model(tiny_model_dir, device="cuda")
+    torch.backends.cudnn.allow_tf32 = False
+    expected_model_map, _ = reference_heatmap(reference_model, odd_images["portrait"], PHRASES[0])
+    torch.backends.cudnn.allow_tf32 = True
+    result = Grounder(load_model(tiny_model_dir, device="cuda"), "paper").ground(odd_images["portrait"], PHRASES[0])
+    assert torch.backends.cudnn.allow_tf32
+    assert np.abs(result[0].model_heatmap - expected_model_map).max() <= 1e-5
