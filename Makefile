@@ -3,8 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The BioViL baselines get an environment of their own: hi-ml-multimodal needs torchvision, and PyPI's torchvision
+# does not import beside the CPU build of torch that .venv uses. On this project's x86_64 machines the pair below lies
+# on local disk (a CUDA build, about 5.5 GB, installed without any download; it runs on the CPU). Elsewhere set
+# BASELINE_TORCH to any torch + torchvision pair that import together.
+BASELINE_VENV ?= .venv-baselines
+BASELINE_BIN := $(BASELINE_VENV)/bin
+BASELINE_STAMP := $(BASELINE_VENV)/.installed
+BASELINE_TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-core test-baselines lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +22,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+$(BASELINE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BASELINE_VENV)
+	$(BASELINE_BIN)/python -m pip install -q --upgrade pip
+	$(BASELINE_BIN)/python -m pip install -q $(BASELINE_TORCH)
+	$(BASELINE_BIN)/python -m pip install -q -e ".[dev,baselines]"
+	touch $(BASELINE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/medground demo --out demo-out
 
-test: $(STAMP)
+test: test-core test-baselines
+
+test-core: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+test-baselines: $(BASELINE_STAMP)
+	$(BASELINE_BIN)/python -m pytest -q tests/test_biovil.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(BASELINE_VENV) demo-out .pytest_cache

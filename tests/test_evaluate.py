@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -147,3 +148,13 @@ def test_vindr_reader_merges_radiologists_and_keeps_ms_cxr_classes(tmp_path):
     assert (sample.category, sample.phrase) == ("Pleural Effusion", "The patient has pleural effusion")
     assert (sample.width, sample.height) == (800, 600)
     assert sample.boxes == ((300.0, 300.0, 100.0, 150.0), (310.0, 290.0, 110.0, 150.0))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("health_multimodal") is not None,
+                    reason="hi-ml-multimodal is installed here; tests/test_biovil.py covers the baselines")
+def test_biovil_without_the_extra_says_how_to_install_it():
+    from medground.errors import ModelLoadError
+    from medground.methods import make_method
+
+    with pytest.raises(ModelLoadError, match=r"pip install 'medground\[baselines\]'"):
+        make_method("biovil-t")

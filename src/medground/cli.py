@@ -13,8 +13,11 @@ import numpy as np
 from medground.config import PRESETS
 from medground.datasets.base import DATASETS
 from medground.errors import MedgroundError
+from medground.grounder import PRECISIONS
 from medground.methods import METHOD_NAMES
 from medground.toy.evaluate import METHODS as TOY_METHODS
+
+PRECISION_HELP = "method ldm: fp32 (exact, default) or on CUDA tf32, bf16, fp16 (faster, not exact)"
 
 
 def _slug(text: str) -> str:
@@ -28,7 +31,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
     from medground.viz import save_overlay
 
     model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
-    grounder = Grounder(model, args.preset, progress=True)
+    grounder = Grounder(model, args.preset, progress=True, precision=args.precision)
     pixels = read_image(args.image)
     results = grounder.ground(pixels, args.phrases)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,9 +114,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load.samples = load.samples[: args.limit]
     print(f"{args.dataset}: {len(load.samples)} samples; skipped {len(load.skipped_samples)} with no box inside the "
           f"crop; dropped {load.dropped_boxes} boxes outside it", file=sys.stderr)
-    method = make_method(args.method, args.model, args.preset, args.device, args.text_encoder)
+    method = make_method(args.method, args.model, args.preset, args.device, args.text_encoder, args.precision)
     settings = {"root": str(args.root), "csv": str(args.csv) if args.csv else None, "model": args.model,
-                "preset": args.preset if args.method == "ldm" else None, "limit": args.limit}
+                "preset": args.preset if args.method == "ldm" else None,
+                "precision": args.precision if args.method == "ldm" else None, "limit": args.limit}
     summary = run_evaluation(load, method, args.out, settings, resume=args.resume)
     print(summary_markdown(summary))
     print(f"per-sample results: {args.out / 'samples.jsonl'}; summaries: {args.out}/summary.{{json,md,csv}}; "
@@ -147,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     ground.add_argument("--text-encoder", default=None,
                         help="override the text encoder source: local folder or hub-id[@revision]")
     ground.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ground.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help=PRECISION_HELP)
     ground.add_argument("--out", type=Path, required=True, help="output folder")
     ground.set_defaults(func=cmd_ground)
 
@@ -171,10 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--root", type=Path, required=True, help="image root (MIMIC-CXR-JPG for ms-cxr)")
     evaluate.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
     evaluate.add_argument("--method", required=True, choices=list(METHOD_NAMES))
-    evaluate.add_argument("--model", default=None, help="model directory or known name (method ldm)")
+    evaluate.add_argument("--model", default=None,
+                          help="method ldm: model directory or known name; biovil, biovil-t: hub-id[@revision] or "
+                          "a local copy of the weights repository (default: the official one)")
     evaluate.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     evaluate.add_argument("--text-encoder", default=None, help="text encoder source override (method ldm)")
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help=PRECISION_HELP)
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
     evaluate.add_argument("--out", type=Path, required=True, help="run folder")
     evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

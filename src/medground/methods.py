@@ -2,7 +2,8 @@
 
 ``ldm``: the Grounder (phrases of the same image share one inversion). ``uniform``: every pixel 1.0.
 ``centre``: an isotropic Gaussian centred on the image with sigma = a quarter of the shorter side, peak 1.
-Position priors cover the whole original image (no crop, no NaN).
+Position priors cover the whole original image (no crop, no NaN). ``biovil`` / ``biovil-t``: the contrastive
+baselines through hi-ml-multimodal (medground.biovil; optional extra ``medground[baselines]``).
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ class LdmMethod:
         return maps  # type: ignore[return-value]
 
 
-METHOD_NAMES = ("ldm", "uniform", "centre")
+METHOD_NAMES = ("ldm", "uniform", "centre", "biovil", "biovil-t")
 
 
 def make_method(name: str, model: str | None = None, preset: str = "paper", device: str = "cpu",
-                text_encoder: str | None = None) -> GroundingMethod:
+                text_encoder: str | None = None, precision: str = "fp32") -> GroundingMethod:
+    """``model``: the LDM (directory or known name) for ``ldm``; for the BioViL variants an optional hub id or local
+    copy of the weights repository (default: the official one)."""
     if name == "uniform":
         return UniformMethod()
     if name == "centre":
@@ -78,5 +81,10 @@ def make_method(name: str, model: str | None = None, preset: str = "paper", devi
 
         if model is None:
             raise ConfigError("--method ldm needs --model (a model directory or a known name)")
-        return LdmMethod(Grounder(load_model(model, device=device, text_encoder=text_encoder), preset))
+        return LdmMethod(Grounder(load_model(model, device=device, text_encoder=text_encoder), preset,
+                                  precision=precision))
+    if name in ("biovil", "biovil-t"):
+        from medground.biovil import load_biovil
+
+        return load_biovil(name, model, device)
     raise ConfigError(f"unknown method {name!r}; known: {list(METHOD_NAMES)}")
