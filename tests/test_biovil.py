@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from medground.errors import ModelLoadError, PhraseError, WeightsNotFoundError
+from medground.errors import ImageError, ModelLoadError, PhraseError, WeightsNotFoundError
 from medground.methods import make_method
 
 pytest.importorskip("health_multimodal", reason="needs the optional extra medground[baselines]")
@@ -132,6 +132,15 @@ def test_other_suffix_spellings_are_read_like_the_original(methods, grey_image, 
     shutil.copy(grey_image, copy)
     method = methods["biovil"]
     np.testing.assert_array_equal(method.heatmap(copy, PHRASE), method.heatmap(grey_image, PHRASE))
+
+
+def test_unreadable_or_unsupported_images_are_refused(methods, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ImageError, match="broken.png"):
+        methods["biovil"].heatmap(broken, PHRASE)
+    with pytest.raises(ImageError, match="not found"):
+        methods["biovil"].heatmap(tmp_path / "absent.png", PHRASE)
 
 
 def test_phrase_checks(methods, grey_image):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +160,20 @@ def test_biovil_without_the_extra_says_how_to_install_it():
 
     with pytest.raises(ModelLoadError, match=r"pip install 'medground\[baselines\]'"):
         make_method("biovil-t")
+
+
+def test_biovil_with_a_torchvision_for_another_torch_says_so(tmp_path, monkeypatch):
+    """PyPI's torchvision beside a CPU torch fails with a RuntimeError while hi-ml-multimodal imports it."""
+    from medground.errors import ModelLoadError
+    from medground.methods import make_method
+
+    fake = tmp_path / "health_multimodal"
+    (fake / "image").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "image" / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in sys.modules if n.startswith("health_multimodal")]:
+        monkeypatch.delitem(sys.modules, name)
+    expected = re.escape(f"torchvision does not import beside torch {torch.__version__}")
+    with pytest.raises(ModelLoadError, match=expected):
+        make_method("biovil")

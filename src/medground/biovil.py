@@ -27,6 +27,7 @@ import numpy as np
 
 from medground.datasets.base import Sample
 from medground.errors import ImageError, ModelLoadError, PhraseError, WeightsNotFoundError
+from medground.images import read_image
 from medground.models.ldm import parse_text_source
 
 RESIZE = 512
@@ -59,10 +60,17 @@ VARIANTS = {
 
 def _require_himl() -> None:
     try:
-        import health_multimodal  # noqa: F401
+        import health_multimodal.image  # noqa: F401  (imports torchvision)
     except ImportError as exc:
         raise ModelLoadError(
             f"the BioViL baselines need hi-ml-multimodal and torchvision: pip install 'medground[baselines]' ({exc})"
+        ) from exc
+    except (RuntimeError, OSError) as exc:  # a torchvision built for another torch fails while registering its ops
+        import torch
+
+        raise ModelLoadError(
+            f"hi-ml-multimodal is installed but torchvision does not import beside torch {torch.__version__}: "
+            f"install the torchvision release built for this torch ({exc})"
         ) from exc
 
 
@@ -170,8 +178,7 @@ class BiovilMethod:
 @contextlib.contextmanager
 def _himl_readable(path: Path) -> Iterator[Path]:
     """The path itself if hi-ml-multimodal reads it by its suffix, else a temporary link with the suffix it knows."""
-    if not path.is_file():
-        raise ImageError(f"image not found: {path}")
+    read_image(path)  # the same clear ImageError as the LDM path for missing, unreadable or unusable files
     suffix = HIML_SUFFIXES.get(path.suffix.lower())
     if suffix is None:
         raise ImageError(f"{path}: the BioViL baselines read {sorted(HIML_SUFFIXES)} files only")
