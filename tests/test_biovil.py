@@ -52,7 +52,8 @@ def text_repo(tmp_path_factory):
     torch.manual_seed(0)
     CXRBertModel(CXRBertConfig(**CXR_BERT)).save_pretrained(folder)
     write_vocab(folder / "vocab.txt")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512,
+                                                              "tokenizer_class": "CXRBertTokenizer"}))
     return folder
 
 
@@ -151,6 +152,22 @@ def test_phrase_checks(methods, grey_image):
         method.heatmap(grey_image, " ".join(["effusion"] * 600))
     with pytest.raises(PhraseError, match="special tokens"):
         method.heatmap(grey_image, "effusion [SEP] heart")
+
+
+def test_checkpoint_in_the_layout_transformers_4_wrote_loads(repos, methods, grey_image, tmp_path):
+    """The hub repos hold a pytorch_model.bin from transformers 4: a persistent position_ids buffer, no copy of
+    the decoder weight tied to the word embeddings. Loading it must neither fail the strict check nor change the map."""
+    from safetensors.torch import load_file
+
+    old = tmp_path / "repo"
+    shutil.copytree(repos["biovil"], old)
+    weights = load_file(old / "model.safetensors")
+    weights.pop("cls.predictions.decoder.weight", None)  # transformers 5 does not save it either
+    weights["bert.embeddings.position_ids"] = torch.arange(CXR_BERT["max_position_embeddings"])[None]
+    torch.save(weights, old / "pytorch_model.bin")
+    (old / "model.safetensors").unlink()
+    heatmap = load_biovil("biovil", str(old)).heatmap(grey_image, PHRASE)
+    np.testing.assert_allclose(heatmap, methods["biovil"].heatmap(grey_image, PHRASE), rtol=0, atol=1e-6)
 
 
 def test_missing_image_weights_name_the_path(repos, tmp_path):
