@@ -27,7 +27,7 @@ import numpy as np
 
 from medground.datasets.base import Sample
 from medground.errors import ImageError, ModelLoadError, PhraseError, WeightsNotFoundError
-from medground.images import read_image
+from medground.images import check_image_file
 from medground.models.ldm import parse_text_source
 
 RESIZE = 512
@@ -178,7 +178,7 @@ class BiovilMethod:
 @contextlib.contextmanager
 def _himl_readable(path: Path) -> Iterator[Path]:
     """The path itself if hi-ml-multimodal reads it by its suffix, else a temporary link with the suffix it knows."""
-    read_image(path)  # the same clear ImageError as the LDM path for missing, unreadable or unusable files
+    check_image_file(path)  # the LDM path's ImageError for missing or unreadable files, without a second decode
     suffix = HIML_SUFFIXES.get(path.suffix.lower())
     if suffix is None:
         raise ImageError(f"{path}: the BioViL baselines read {sorted(HIML_SUFFIXES)} files only")

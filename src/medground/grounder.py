@@ -110,7 +110,7 @@ class Grounder:
         flat_tokens = [t for image_tokens in tokens for t in image_tokens]
         if not flat_tokens:
             return [[] for _ in items]
-        with self._autocast():
+        with self._numerics():
             window = self._window_latents(inputs)
             inverted = time.perf_counter()
             recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
@@ -128,7 +128,7 @@ class Grounder:
         return results
 
     @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
+    def _numerics(self) -> Iterator[None]:
         """The numerics ``precision`` names, for this call only (the global TF32 flags are restored after)."""
         if self.model.device.type != "cuda":
             yield

@@ -46,9 +46,22 @@ def read_image(image: ImageInput) -> np.ndarray:
     return pixels
 
 
-def _read_path(path: Path) -> np.ndarray:
+def check_image_file(path: Path) -> None:
+    """ImageError if ``path`` is missing or not a PNG/JPEG/DICOM; reads the header only, for readers that decode
+    the file themselves (the BioViL baselines)."""
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
+    if _is_dicom(path):
+        return
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _read_path(path: Path) -> np.ndarray:
+    check_image_file(path)
     if _is_dicom(path):
         return _read_dicom(path)
     try:
@@ -56,7 +69,11 @@ def _read_path(path: Path) -> np.ndarray:
             opened.load()
             return _pil_to_unit(opened, str(path))
     except (UnidentifiedImageError, OSError) as exc:
-        raise ImageError(f"cannot read {path} as an image (PNG, JPEG or DICOM expected): {exc}") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> ImageError:
+    return ImageError(f"cannot read {path} as an image (PNG, JPEG or DICOM expected): {exc}")
 
 
 def _is_dicom(path: Path) -> bool:
