@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from builders import random_paper_layout  # noqa: E402
 from reference_paper import reference_heatmap  # noqa: E402
 
 from medground import Grounder, GroundingConfig, load_model  # noqa: E402
 from medground.engine.schedule import inversion_timesteps  # noqa: E402
-from medground.models.random_init import random_paper_layout  # noqa: E402
 
-IMAGE = ROOT.parent / "shared" / "data" / "nih-cxr14-bbox" / "images" / "00000072_000.png"
+IMAGE = ROOT / "tests" / "data" / "nih-mini" / "images" / "00000072_000.png"
 PHRASES = ["small left pleural effusion", "moderate cardiomegaly", "right lower lobe consolidation",
            "left apical pneumothorax"]
 

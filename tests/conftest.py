@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random-weight model of the paper's layout and real NIH radiographs."""
+"""Shared fixtures: tiny random-weight models of the real layouts and real NIH radiographs (``tests/data``)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import random_paper_layout
 from PIL import Image
-
-from medground.models.random_init import random_paper_layout
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED_DATA = Path(os.environ.get("MEDGROUND_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-NIH_ROOT = SHARED_DATA / "nih-cxr14-bbox"
+DATA = Path(__file__).resolve().parent / "data"
+NIH_MINI = DATA / "nih-mini"
+SHARED_NIH = Path(os.environ.get("MEDGROUND_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
+    / "nih-cxr14-bbox"
 
 
 @pytest.fixture(scope="session")
 def nih_root() -> Path:
-    if not (NIH_ROOT / "images").is_dir():
-        pytest.fail(f"NIH test data not found at {NIH_ROOT}; set MEDGROUND_SHARED_DATA to the shared/data folder")
-    return NIH_ROOT
+    """Nine real NIH radiographs (512 px) with their boxes, shipped in the repository."""
+    return NIH_MINI
+
+
+@pytest.fixture(scope="session")
+def shared_nih_root() -> Path:
+    """The larger shared NIH folder (40 images, 1024 px); only in this workplace, so tests using it are extras."""
+    if not (SHARED_NIH / "images").is_dir():
+        pytest.skip(f"optional shared NIH data not found at {SHARED_NIH} (set MEDGROUND_SHARED_DATA)")
+    return SHARED_NIH
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +40,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def odd_images(nih_root, tmp_path_factory) -> dict[str, Path]:
+def odd_images(tmp_path_factory) -> dict[str, Path]:
     """A portrait and a landscape crop of a real radiograph, odd sizes, saved as 8-bit PNG."""
-    pixels = np.asarray(Image.open(nih_root / "images" / "00000072_000.png").convert("L"))
+    pixels = np.asarray(Image.open(NIH_MINI / "images" / "00000072_000.png").convert("L"))
     folder = tmp_path_factory.mktemp("odd-images")
-    crops = {"portrait": pixels[101:454, 211:512], "landscape": pixels[300:589, 120:537]}
+    crops = {"portrait": pixels[101:454, 211:512], "landscape": pixels[200:489, 60:477]}
     paths = {}
     for name, crop in crops.items():
         paths[name] = folder / f"{name}.png"

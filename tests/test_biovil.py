@@ -29,7 +29,6 @@ pytest.importorskip("health_multimodal", reason="needs the optional extra medgro
 from health_multimodal.image.model.model import ImageModel  # noqa: E402
 from health_multimodal.image.model.types import ImageEncoderType  # noqa: E402
 from health_multimodal.text.model import CXRBertConfig, CXRBertModel  # noqa: E402
-
 from medground.biovil import VARIANTS, load_biovil  # noqa: E402
 
 CXR_BERT = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,

@@ -8,16 +8,17 @@ import torch
 from monai.networks.schedulers import DDIMScheduler
 
 from medground import Grounder, load_model
+from medground.backbones.base import NoiseSchedule
 from medground.config import GroundingConfig, preset
-from medground.engine.attention import CrossAttentionRecorder, cross_attention_paths
-from medground.engine.schedule import NoiseSchedule, inversion_step, inversion_timesteps
+from medground.engine.recorder import CrossAttentionRecorder
+from medground.engine.schedule import inversion_step, inversion_timesteps
 from medground.errors import ConfigError
 
 
 def test_paper_grid_and_window():
     grid = inversion_timesteps(1000, 300, "trailing")
     assert len(grid) == 334 and grid[:3] == [0, 3, 6] and grid[-1] == 999
-    assert preset("paper").window == (120, 180)
+    assert preset("paper").with_overrides(inference_steps=300).window == (120, 180)
     assert [grid[i] for i in (120, 179)] == [360, 537]
     assert inversion_timesteps(1000, 300, "leading")[:2] == [0, 3]
 
@@ -39,25 +40,25 @@ def test_inversion_step_matches_monai_reversed_step(prediction_type):
 
 def test_recorder_restores_the_model_and_rejects_unknown_layers(tiny_model_dir):
     model = load_model(tiny_model_dir)
-    paths = cross_attention_paths(model.unet)
+    paths = model.attention_layers()
     assert len(paths) == 11  # the paper layout: official index 3, 4, 6, 7 are the 16x16 layers
     before = {p: (m.save_attn, m.use_flash_attention) for p, m in model.unet.named_modules() if p in paths}
     assert all(fused for _, fused in before.values())
-    layers = preset("paper").cross_attention_layers
+    layers = Grounder(model, "paper").config.cross_attention_layers
     latent = torch.randn(1, 3, 16, 16)
     context = model.embed_text(["effusion"])
-    with CrossAttentionRecorder(model.unet, layers, torch.full((1, 77), 1 / 77)) as recorder:
+    with torch.no_grad(), CrossAttentionRecorder(model, layers, torch.full((1, 77), 1 / 77)) as recorder:
         assert all(model.unet.get_submodule(p).save_attn for p in layers)
-        model.unet(latent, timesteps=torch.tensor([3]), context=context)  # not recorded: outside a pass
-        recorder.conditional_pass(lambda: model.unet(latent, timesteps=torch.tensor([3]), context=context))
+        model.predict(latent, 3, context)  # not recorded: outside a pass
+        recorder.conditional_pass(lambda: model.predict(latent, 3, context))
     assert set(recorder.sums) == set(layers) and recorder.steps == 1
     for maps in recorder.sums.values():
         assert maps.amin() == 0 and maps.amax() == 1  # per-map min-max normalisation
     after = {p: (m.save_attn, m.use_flash_attention) for p, m in model.unet.named_modules() if p in paths}
     assert after == before
     assert all(not m._forward_hooks for m in model.unet.modules())
-    with pytest.raises(ConfigError, match="not in this UNet"):
-        CrossAttentionRecorder(model.unet, ["down_blocks.9.attn2"], torch.ones(1, 77))
+    with pytest.raises(ConfigError, match="are not cross-attention layers"):
+        CrossAttentionRecorder(model, ["down_blocks.9.attn2"], torch.ones(1, 77))
 
 
 def test_k_phrases_together_equal_each_alone(tiny_model_dir, nih_root):
@@ -78,7 +79,7 @@ def test_config_validation():
         GroundingConfig(guidance_scale=7.5)
     with pytest.raises(ConfigError, match="empty"):
         GroundingConfig(window_start=10, window_stop=10)
-    with pytest.raises(ConfigError, match="unknown grounding settings"):
+    with pytest.raises(ConfigError, match="unknown settings"):
         GroundingConfig.from_dict({"sigma": 2})
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("nope")

@@ -11,12 +11,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from medground.cli import main
 from medground.datasets import load_dataset
 from medground.datasets.nih import nih_phrase
-from medground.evaluate import RunDirError, compare_runs, run_evaluation
-from medground.methods import CentreMethod, UniformMethod
+from medground.errors import RunDirError
+from medground.evaluate.report import compare_runs
+from medground.evaluate.runner import plan_groups, run_evaluation
+from medground.evaluate.store import RunWriter
+from medground.methods import MethodOptions, make_method
+from medground.methods.priors import CentreMethod, UniformMethod
 
 
 def official_style_metrics(heatmap: np.ndarray, boxes) -> dict[str, float]:
@@ -44,12 +49,7 @@ def official_style_metrics(heatmap: np.ndarray, boxes) -> dict[str, float]:
     return {"cnr": sum(ratios) / len(ratios), "miou": float(np.mean(ious)), "auroc": area}
 
 
-@pytest.mark.parametrize("method", [UniformMethod(), CentreMethod()], ids=["uniform", "centre"])
-def test_nih_baselines_match_an_independent_computation(nih_root, tmp_path, method):
-    load = load_dataset("nih", nih_root)
-    assert len(load.samples) == 46 and not load.skipped_samples
-    assert {s.phrase for s in load.samples if s.category == "Effusion"} == {nih_phrase("Effusion")}
-    summary = run_evaluation(load, method, tmp_path / "run", settings={}, progress=False)
+def check_against_independent_metrics(load, method, summary) -> None:
     per_class: dict[str, list[dict]] = {}
     for sample in load.samples:
         heatmap = method.heatmaps([sample])[0]
@@ -62,13 +62,40 @@ def test_nih_baselines_match_an_independent_computation(nih_root, tmp_path, meth
     class_means = [np.mean([r["miou"] for r in rows]) for rows in per_class.values()]
     assert summary["overall"]["miou"]["mean"] == pytest.approx(np.mean(class_means), abs=1e-5)
     assert summary["overall"]["miou"]["std"] == pytest.approx(np.std(class_means), abs=1e-5)
+
+
+@pytest.mark.parametrize("method", [UniformMethod(), CentreMethod()], ids=["uniform", "centre"])
+def test_nih_baselines_match_an_independent_computation(nih_root, tmp_path, method):
+    load = load_dataset("nih", nih_root)
+    assert len(load.samples) == 13 and len({s.category for s in load.samples}) == 8 and not load.skipped_samples
+    assert {s.phrase for s in load.samples if s.category == "Effusion"} == {nih_phrase("Effusion")}
+    summary = run_evaluation(load, method, RunWriter(tmp_path / "run"), {"method": method.name}, progress=False)
+    check_against_independent_metrics(load, method, summary)
     lines = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == 46 and set(json.loads(lines[0])) >= {"id", "category", "phrase", "cnr", "cnr_signed", "miou",
-                                                             "auroc", "auroc_exact", "seconds"}
+    assert len(lines) == 13 and set(json.loads(lines[0])) >= {"id", "category", "phrase", "cnr", "cnr_signed", "miou",
+                                                             "auroc", "auroc_exact", "seconds", "flat"}
     assert (tmp_path / "run" / "contact_sheet.png").stat().st_size > 10_000
+    assert summary["discrimination_samples"] == 8  # four images carry two findings each
 
 
-def test_ms_cxr_reader_merges_duplicates_and_filters_the_crop(tmp_path):
+def test_shared_nih_centre_baseline(shared_nih_root, tmp_path):
+    """The README's centre row on the 46 shared NIH samples (an extra: only where the shared folder exists)."""
+    load = load_dataset("nih", shared_nih_root)
+    assert len(load.samples) == 46
+    method = CentreMethod()
+    summary = run_evaluation(load, method, RunWriter(tmp_path / "run"), {"method": "centre"}, progress=False)
+    check_against_independent_metrics(load, method, summary)
+    assert summary["overall"]["miou"]["mean"] == pytest.approx(0.115, abs=5e-4)
+
+
+def write_image(path, width, height) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.arange(width * height) % 251).reshape(height, width).astype(np.uint8)).save(path)
+
+
+def test_ms_cxr_reader_merges_boxes_and_filters_the_crop(tmp_path):
+    write_image(tmp_path / "files/p1/s1/d1.jpg", 2000, 1000)
+    write_image(tmp_path / "files/p2/s2/d2.jpg", 2000, 1000)
     header = "dicom_id,category_name,label_text,path,x,y,w,h,image_width,image_height\n"
     rows = [
         "d1,Pneumonia,left lower lobe pneumonia,files/p1/s1/d1.jpg,600,800,200,150,2000,1000",  # kept
@@ -81,42 +108,65 @@ def test_ms_cxr_reader_merges_duplicates_and_filters_the_crop(tmp_path):
     load = load_dataset("ms-cxr", tmp_path, tmp_path / "ms.csv")
     assert [(s.category, len(s.boxes)) for s in load.samples] == [("Pneumonia", 2), ("Cardiomegaly", 1)]
     assert load.samples[0].boxes == ((600.0, 800.0, 200.0, 150.0), (1200.0, 700.0, 100.0, 100.0))
-    assert load.samples[0].image_path == tmp_path / "files/p1/s1/d1.jpg"
+    assert load.samples[0].image == tmp_path / "files/p1/s1/d1.jpg"
     assert len(load.skipped_samples) == 1 and load.dropped_boxes == 2
     assert len({s.id for s in load.samples}) == 2
+
+
+def test_groups_keep_an_image_whole_and_follow_dataset_order(nih_root):
+    load = load_dataset("nih", nih_root)
+    first_seen = {}
+    for sample in load.samples:
+        first_seen.setdefault(sample.image_key, len(first_seen))
+    groups = plan_groups(load.samples, images_per_group=2)
+    expected = sorted(load.samples, key=lambda s: first_seen[s.image_key])  # stable: dataset order within an image
+    assert [s.id for group in groups for s in group] == [s.id for s in expected]
+    assert all(len({s.image_key for s in group}) <= 2 for group in groups)
+    for key in first_seen:
+        assert sum(any(s.image_key == key for s in group) for group in groups) == 1
 
 
 class Interrupted(Exception):
     pass
 
 
-class FailingAfter(CentreMethod):
-    """The centre prior that dies after ``limit`` samples, like a run killed midway."""
+class FailingAfter:
+    """A method that dies once it has been asked for ``limit`` samples, like a run killed midway."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.seen = limit, 0
+    def __init__(self, method, limit: int) -> None:
+        self.method, self.limit, self.seen, self.name = method, limit, 0, method.name
 
     def heatmaps(self, samples):
         self.seen += len(samples)
         if self.seen > self.limit:
             raise Interrupted
-        return super().heatmaps(samples)
+        return self.method.heatmaps(samples)
 
 
-def test_resume_after_interruption_gives_the_same_summary(nih_root, tmp_path):
-    load = load_dataset("nih", nih_root)
-    whole = run_evaluation(load, CentreMethod(), tmp_path / "whole", settings={}, progress=False)
+def test_resume_after_interruption_gives_the_same_records_and_summary(tmp_path):
+    """With the LDM, whose maps depend at 1e-7 on what shares their batch: groups are fixed before the run, and a
+    resumed group is recomputed whole, so the records and summary.json are identical to an uninterrupted run."""
+    load = load_dataset("phantoms", seed=8_200_000, n=12)
+    options = MethodOptions(model="toy", overrides={"inference_steps": 40, "window_start": 4, "window_stop": 16})
+    method = make_method("ldm", options)
+    settings = {"method": "ldm"}
+    whole = run_evaluation(load, method, RunWriter(tmp_path / "whole"), settings, images_per_group=3, progress=False)
     with pytest.raises(Interrupted):
-        run_evaluation(load, FailingAfter(20), tmp_path / "cut", settings={}, progress=False)
-    partial = (tmp_path / "cut" / "samples.jsonl").read_text()
-    assert 10 <= len(partial.splitlines()) <= 20
-    with (tmp_path / "cut" / "samples.jsonl").open("a") as handle:
-        handle.write('{"id": "torn li')  # a crash in the middle of a write
+        run_evaluation(load, FailingAfter(make_method("ldm", options), 9), RunWriter(tmp_path / "cut"), settings,
+                       images_per_group=3, progress=False)
+    partial = (tmp_path / "cut" / "samples.jsonl").read_bytes()
+    assert 3 <= len(partial.splitlines()) <= 9
+    (tmp_path / "cut" / "samples.jsonl").write_bytes(partial[:-40])  # a crash in the middle of the last write
     with pytest.raises(RunDirError, match="--resume"):
-        run_evaluation(load, CentreMethod(), tmp_path / "cut", settings={}, progress=False)
-    resumed = run_evaluation(load, CentreMethod(), tmp_path / "cut", settings={}, resume=True, progress=False)
-    ids = [json.loads(line)["id"] for line in (tmp_path / "cut" / "samples.jsonl").read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == 46
+        run_evaluation(load, method, RunWriter(tmp_path / "cut"), settings, progress=False)
+    resumed = run_evaluation(load, make_method("ldm", options), RunWriter(tmp_path / "cut"), settings,
+                             resume=True, images_per_group=3, progress=False)
+    cut = [json.loads(line) for line in (tmp_path / "cut" / "samples.jsonl").read_text().splitlines()]
+    uncut = [json.loads(line) for line in (tmp_path / "whole" / "samples.jsonl").read_text().splitlines()]
+    assert len(cut) == len({r["id"] for r in cut}) == len(load.samples)
+    strip = lambda records: sorted(({k: v for k, v in r.items() if k != "seconds"} for r in records),  # noqa: E731
+                                   key=lambda r: r["id"])
+    assert strip(cut) == strip(uncut)
     assert resumed == whole
     assert (tmp_path / "cut" / "summary.json").read_text() == (tmp_path / "whole" / "summary.json").read_text()
 
@@ -128,16 +178,13 @@ def test_eval_and_compare_commands(nih_root, tmp_path, capsys):
     assert "mean of classes" in (tmp_path / "centre" / "summary.md").read_text()
     assert (tmp_path / "centre" / "summary.csv").read_text().startswith("class,n,cnr_mean")
     table = compare_runs([tmp_path / "uniform", tmp_path / "centre"])
-    assert "Compared on the 46 samples" in table and "uniform@uniform" in table
+    assert "Compared on the 13 samples" in table and "uniform@uniform" in table
     assert main(["compare", str(tmp_path / "uniform"), str(tmp_path / "centre")]) == 0
     assert "centre@centre" in capsys.readouterr().out
 
 
 def test_vindr_reader_merges_radiologists_and_keeps_ms_cxr_classes(tmp_path):
-    from PIL import Image
-
-    (tmp_path / "test").mkdir()
-    Image.fromarray(np.zeros((600, 800), dtype=np.uint8)).save(tmp_path / "test" / "img1.png")
+    write_image(tmp_path / "test" / "img1.png", 800, 600)
     rows = ["image_id,rad_id,class_name,x_min,y_min,x_max,y_max",
             "img1,R8,Pleural effusion,300,300,400,450",
             "img1,R9,Pleural effusion,310,290,420,440",
@@ -156,7 +203,6 @@ def test_vindr_reader_merges_radiologists_and_keeps_ms_cxr_classes(tmp_path):
                     reason="hi-ml-multimodal is installed here; tests/test_biovil.py covers the baselines")
 def test_biovil_without_the_extra_says_how_to_install_it():
     from medground.errors import ModelLoadError
-    from medground.methods import make_method
 
     with pytest.raises(ModelLoadError, match=r"pip install 'medground\[baselines\]'"):
         make_method("biovil-t")
@@ -165,7 +211,6 @@ def test_biovil_without_the_extra_says_how_to_install_it():
 def test_biovil_with_a_torchvision_for_another_torch_says_so(tmp_path, monkeypatch):
     """PyPI's torchvision beside a CPU torch fails with a RuntimeError while hi-ml-multimodal imports it."""
     from medground.errors import ModelLoadError
-    from medground.methods import make_method
 
     fake = tmp_path / "health_multimodal"
     (fake / "image").mkdir(parents=True)

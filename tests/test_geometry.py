@@ -75,7 +75,7 @@ def test_paper_back_projection_pads_symmetrically_with_nan():
 
 
 def test_boxes_from_mask_one_per_region_best_first():
-    from medground.postprocess import boxes_from_mask
+    from medground.readout.boxes import boxes_from_mask
 
     heatmap = np.zeros((20, 30), dtype=np.float32)
     heatmap[2:5, 3:9] = 0.4

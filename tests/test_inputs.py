@@ -36,7 +36,9 @@ def test_tiny_and_transparent_images(tmp_path):
     rgba = np.zeros((40, 40, 4), dtype=np.uint8)
     rgba[..., 3] = 255
     rgba[..., :3] = 90
-    assert np.allclose(read_image(Image.fromarray(rgba, "RGBA")), 90 / 255)
+    rgba[:20, :, :3] = 30
+    read = read_image(Image.fromarray(rgba, "RGBA"))
+    assert np.allclose(read[20:], 90 / 255) and np.allclose(read[:20], 30 / 255)
     rgba[0, 0, 3] = 10
     with pytest.raises(ImageError, match="alpha"):
         read_image(Image.fromarray(rgba, "RGBA"))

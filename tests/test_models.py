@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medground import load_model
+from medground.backbones.model_dir import sha256_of
+from medground.backbones.monai_convert import convert_monai_ldm
 from medground.errors import ModelLoadError, WeightsNotFoundError
-from medground.models.monai_ldm import convert_monai_ldm, sha256_of
 
 
 def to_old_generative_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -26,7 +27,7 @@ def to_old_generative_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def test_missing_model_names_the_path(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "absent" / "model.json")):
+    with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "absent")):
         load_model(tmp_path / "absent")
 
 

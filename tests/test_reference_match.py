@@ -8,7 +8,6 @@ import torch
 from reference_paper import reference_heatmap
 
 from medground import Grounder, load_model
-from medground.config import GroundingConfig
 
 PHRASES = ["small left pleural effusion", "right lower lobe consolidation concerning for pneumonia"]
 TINY_LAYERS = (  # the official indices [3, 4, 6, 7] of the paper layout, as module paths
@@ -22,8 +21,10 @@ TINY_LAYERS = (  # the official indices [3, 4, 6, 7] of the paper layout, as mod
 @pytest.fixture(scope="module")
 def engine_results(tiny_model_dir, odd_images):
     model = load_model(tiny_model_dir)
-    assert GroundingConfig().cross_attention_layers == TINY_LAYERS
     grounder = Grounder(model, "paper")
+    config = grounder.config  # the paper preset resolved on the paper's layout is the paper's recipe
+    assert config.cross_attention_layers == TINY_LAYERS and config.window == (120, 180)
+    assert (config.inference_steps, config.gaussian_sigma, config.timestep_spacing) == (300, 2.5, "trailing")
     return {name: grounder.ground(path, PHRASES) for name, path in odd_images.items()}
 
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from medground import Grounder, load_model
-from medground.engine.attention import cross_attention_paths
-from medground.models.registry import KNOWN_MODELS
-from medground.toy.evaluate import VALIDATION_SEEDS, evaluate_toy
-from medground.toy.phantoms import FINDING_KINDS, SIZE, generate_phantom
+from medground.backbones.model_dir import KNOWN_MODELS
+from medground.toy.evaluate import evaluate_toy
+from medground.toy.phantoms import FINDING_KINDS, SIZE, VALIDATION_SEEDS, generate_phantom
 from medground.toy.train import train
 
 HELD_OUT_SEED = 9_100_000  # far from training seeds [0, 96000) and the validation range
@@ -38,7 +37,7 @@ def test_phantoms_are_deterministic_and_varied():
 
 
 def test_training_reduces_the_loss(tmp_path):
-    train(tmp_path, steps=40, batch_size=8, seed=1, lr=1e-3, caption_dropout=0.15, checkpoint_every=40)
+    train(tmp_path, "monai-ldm", steps=40, batch_size=8, seed=1, lr=1e-3, caption_dropout=0.15, checkpoint_every=40)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert len(losses) == 40 and np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8])
     checkpoint = load_model(tmp_path / "checkpoints" / "step_00040")  # checkpoints are loadable model dirs
@@ -51,7 +50,7 @@ def test_shipped_model_loads_through_the_common_loader():
     assert type(model.unet).__name__ == "DiffusionModelUNet" and type(model.text_encoder).__name__ == "CLIPTextModel"
     assert spec["training"]["command"].startswith("python -m medground.toy.train")
     assert spec["selection"]["validation_seeds"][0] == VALIDATION_SEEDS.start
-    assert set(spec["grounding_defaults"]["cross_attention_layers"]) <= set(cross_attention_paths(model.unet))
+    assert set(spec["grounding_defaults"]["cross_attention_layers"]) <= set(model.attention_layers())
     size_mb = sum(f.stat().st_size for f in KNOWN_MODELS["toy"].rglob("*") if f.is_file()) / 1e6
     assert size_mb <= 20
     grounder = Grounder(model)
@@ -80,10 +79,10 @@ def test_shipped_model_beats_every_baseline(held_out_report):
 def test_pixel_unshuffle_autoencoder_is_lossless():
     import torch
 
-    from medground.models.components import PixelUnshuffleAutoencoder
+    from medground.backbones.components import PixelUnshuffleAutoencoder
 
     autoencoder = PixelUnshuffleAutoencoder(in_channels=1, factor=2)
     images = torch.from_numpy(generate_phantom(7).image)[None, None]
-    latents, _ = autoencoder.encode(images)
+    latents = autoencoder.encode(images)
     assert latents.shape == (1, 4, SIZE // 2, SIZE // 2)
     assert torch.allclose(autoencoder.decode(latents), images, atol=1e-6)

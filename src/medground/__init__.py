@@ -1,9 +1,27 @@
 """medground: zero-shot phrase grounding in chest X-rays from a frozen latent diffusion model's
-cross-attention during DDIM inversion (Vilouras et al., arXiv 2404.12920)."""
+cross-attention during DDIM inversion (Vilouras et al., arXiv 2404.12920).
 
-from medground.config import GroundingConfig, preset
-from medground.grounder import Grounder, GroundingResult
-from medground.models.ldm import LatentDiffusionModel, load_model
+The public names are loaded on first use, so importing the package (and ``medground --help``) loads no torch.
+"""
 
-__all__ = ["GroundingConfig", "Grounder", "GroundingResult", "LatentDiffusionModel", "load_model", "preset"]
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "Backbone": "medground.backbones.base",
+    "GroundingConfig": "medground.config",
+    "Grounder": "medground.grounder",
+    "GroundingResult": "medground.grounder",
+    "load_model": "medground.backbones.model_dir",
+    "preset": "medground.config",
+}
+__all__ = sorted(_PUBLIC)
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'medground' has no attribute {name!r}")

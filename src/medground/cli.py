@@ -1,124 +1,195 @@
-"""Command line: ``medground ground | convert-monai-ldm | eval | compare | models | demo | toy eval``."""
+"""Command line: ``medground COMMAND``; ``medground --help`` lists the commands, each has its own ``--help``.
+
+Imports are lazy: building the parser (``medground --help``) loads no torch. Flags shared by the commands that run a
+model live on parent parsers, so they read the same everywhere. Every failure medground anticipates is one line on
+stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from medground.config import PRECISIONS, PRESETS
+from medground.datasets import DATASETS
+from medground.errors import ConfigError, MedgroundError
+from medground.methods import METHODS
 
-from medground.config import PRESETS
-from medground.datasets.base import DATASETS
-from medground.errors import MedgroundError
-from medground.grounder import PRECISIONS
-from medground.methods import METHOD_NAMES
-from medground.toy.evaluate import METHODS as TOY_METHODS
-
-PRECISION_HELP = "method ldm: fp32 (exact, default) or on CUDA tf32, bf16, fp16 (faster, not exact)"
+PRECISION_HELP = "fp32 (exact, default) or on CUDA tf32, bf16, fp16 (faster, not exact)"
+TOY_METHODS = ("ldm", "uniform", "centre", "prior", "untrained")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "phrase"
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # per-file load bars would drown our own output
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    """``--config FILE`` then each ``--set key=value``, validated as a preset is."""
+    from medground.config import GroundingConfig, parse_assignment, read_config_file
+
+    values: dict[str, Any] = dict(read_config_file(args.config)) if getattr(args, "config", None) else {}
+    for text in getattr(args, "set", None) or []:
+        key, value = parse_assignment(text)
+        values[key] = value
+    GroundingConfig.from_dict(values, "--set/--config")
+    return values
 
 
 def cmd_ground(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from medground.backbones.model_dir import load_model
+    from medground.evaluate.store import check_writable_folder
     from medground.grounder import Grounder
     from medground.images import read_image
-    from medground.models.ldm import load_model
+    from medground.outputs import output_name
+    from medground.text import phrase_tokens
     from medground.viz import save_overlay
 
-    model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
-    grounder = Grounder(model, args.preset, progress=True, precision=args.precision)
+    phrases = list(dict.fromkeys(args.phrases))
+    if len(phrases) < len(args.phrases):
+        print(f"note: {len(args.phrases) - len(phrases)} repeated phrase(s) grounded once", file=sys.stderr)
     pixels = read_image(args.image)
-    results = grounder.ground(pixels, args.phrases)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.image).stem
+    check_writable_folder(args.out)
+    _quiet_transformers()
+    model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
+    for phrase in phrases:
+        phrase_tokens(model.tokenizer, phrase)
+    grounder = Grounder(model, args.preset, overrides=overrides_of(args), progress=True, precision=args.precision)
+    results = grounder.ground(pixels, phrases)
     for result in results:
-        base = args.out / f"{stem}_{_slug(result.phrase)}"
+        base = args.out / output_name(args.image, result.phrase)
         np.save(base.with_suffix(".npy"), result.heatmap)
         save_overlay(base.with_suffix(".png"), pixels, result.heatmap, result.phrase, result.boxes)
         record = {"image": str(args.image), "model": str(args.model), "preset": args.preset, **result.to_json()}
         base.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
         top = result.boxes[0] if result.boxes else None
-        where = f"top box x={top.x} y={top.y} w={top.w} h={top.h} score={top.score:.2f}" if top else "no region"
+        if result.flat:
+            where = "flat map: the attention did not vary over the image, so no region is located"
+        else:
+            where = f"top box x={top.x} y={top.y} w={top.w} h={top.h} score={top.score:.2f}" if top else "no region"
         print(f"{result.phrase!r}: {where} -> {base}.{{npy,png,json}}")
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from medground.models.monai_ldm import convert_monai_ldm
+    from medground.backbones.monai_convert import convert_monai_ldm
 
+    _quiet_transformers()
     out = convert_monai_ldm(args.autoencoder, args.unet, args.text_encoder, args.out)
     print(f"wrote {out} (load it with medground.load_model({str(out)!r}) or --model {out})")
     return 0
 
 
+def cmd_import_diffusers(args: argparse.Namespace) -> int:
+    from medground.backbones.diffusers_import import import_diffusers
+
+    _quiet_transformers()
+    out = import_diffusers(args.source, args.out, unet=args.unet, text_encoder=args.text_encoder,
+                           name=args.name, data_terms=args.data_terms)
+    spec = json.loads((out / "model.json").read_text())
+    print(f"wrote {out}: family diffusers, {spec['image_size']} px, {spec['noise_schedule']['prediction_type']}, "
+          f"layers {spec['grounding_defaults']['cross_attention_layers']}")
+    print(f"data terms: {spec['provenance']['data_terms']}")
+    return 0
+
+
 def cmd_models(_args: argparse.Namespace) -> int:
-    from medground.models.registry import KNOWN_MODELS
+    from medground.backbones.model_dir import KNOWN_MODELS, read_spec
 
     for name, path in KNOWN_MODELS.items():
-        state = "present" if (path / "model.json").is_file() else "missing"
-        print(f"{name}\t{path}\t{state}")
+        if (path / "model.json").is_file():
+            spec = read_spec(path)
+            print(f"{name}\t{spec['family']}\t{spec.get('image_size')} px\t{path}")
+        else:
+            print(f"{name}\t-\tmissing\t{path}")
     return 0
 
 
 def cmd_toy_eval(args: argparse.Namespace) -> int:
-    from medground.models.ldm import load_model
     from medground.toy.evaluate import evaluate_toy, format_table
 
-    model = load_model(args.model, device=args.device)
-    report = evaluate_toy(model, args.seed, args.n, methods=args.methods)
+    _quiet_transformers()
+    report = evaluate_toy(args.model, args.seed, args.n, methods=args.methods, preset=args.preset,
+                          overrides=overrides_of(args), device=args.device)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from medground.grounder import Grounder
-    from medground.models.ldm import load_model
-    from medground.toy.evaluate import evaluate_toy, format_table
-    from medground.toy.phantoms import generate_phantom
-    from medground.viz import save_contact_sheet, save_overlay
+    from medground.evaluate.store import check_writable_folder
+    from medground.toy.demo import run_demo
 
-    model = load_model(args.model, device=args.device)
-    grounder = Grounder(model)
-    phantoms = [p for p in (generate_phantom(args.seed + i) for i in range(3 * args.n)) if p.findings][: args.n]
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = grounder.ground_many([(p.image, [f.phrase for f in p.findings]) for p in phantoms])
-    panels = []
-    for phantom, phantom_results in zip(phantoms, results):
-        for finding, result in zip(phantom.findings, phantom_results):
-            name = f"phantom{phantom.seed}_{_slug(finding.phrase)}"
-            save_overlay(args.out / f"{name}.png", phantom.image, result.heatmap, finding.phrase, result.boxes,
-                         [finding.box])
-            np.save(args.out / f"{name}.npy", result.heatmap)
-            panels.append({"image": phantom.image, "heatmap": result.heatmap, "title": finding.phrase,
-                           "predicted": result.boxes, "truth": [finding.box]})
-    sheet = save_contact_sheet(args.out / "contact_sheet.png", panels)
-    print(f"grounded {len(panels)} phrases on {len(phantoms)} phantoms with model {model.name!r}; "
-          f"overlays in {args.out} (green: truth box, red dashed: predicted, colour: heatmap); sheet: {sheet}")
-    report = evaluate_toy(model, args.seed, args.n_eval, methods=("ldm", "uniform", "centre", "prior"))
-    print(format_table(report))
+    check_writable_folder(args.out)
+    _quiet_transformers()
+    report = run_demo(args.out, args.model, args.seed, args.n, args.n_eval, args.device)
+    print(report["summary_line"])
+    print(report["table"])
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from medground.datasets import load_dataset
-    from medground.evaluate import run_evaluation, summary_markdown
-    from medground.methods import make_method
+    from medground.evaluate.report import summary_markdown
+    from medground.evaluate.runner import run_evaluation
+    from medground.evaluate.store import RunWriter, check_writable_folder
+    from medground.methods import MethodOptions, make_method
 
-    load = load_dataset(args.dataset, args.root, args.csv)
+    if args.dataset == "phantoms":
+        load = load_dataset("phantoms", seed=args.seed, n=args.n)
+    else:
+        if args.root is None:
+            raise ConfigError(f"--dataset {args.dataset} needs --root")
+        load = load_dataset(args.dataset, args.root, args.csv)
     if args.limit:
         load.samples = load.samples[: args.limit]
+    for note in load.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"{args.dataset}: {len(load.samples)} samples; skipped {len(load.skipped_samples)} with no box inside the "
           f"crop; dropped {load.dropped_boxes} boxes outside it", file=sys.stderr)
-    method = make_method(args.method, args.model, args.preset, args.device, args.text_encoder, args.precision)
-    settings = {"root": str(args.root), "csv": str(args.csv) if args.csv else None, "model": args.model,
-                "preset": args.preset if args.method == "ldm" else None,
-                "precision": args.precision if args.method == "ldm" else None, "limit": args.limit}
-    summary = run_evaluation(load, method, args.out, settings, resume=args.resume)
+    check_writable_folder(args.out)
+    overrides = overrides_of(args)
+    lm = args.method in ("ldm", "untrained")
+    settings = {"dataset": args.dataset, "root": str(args.root) if args.root else None,
+                "csv": str(args.csv) if args.csv else None, "method": args.method,
+                "model": args.model if lm else None, "preset": args.preset if lm else None,
+                "overrides": overrides if lm else None, "precision": args.precision if lm else None,
+                "biovil_weights": args.biovil_weights if args.method.startswith("biovil") else None,
+                "limit": args.limit, "seed": args.seed if args.dataset == "phantoms" else None,
+                "n": args.n if args.dataset == "phantoms" else None, "n_samples": len(load.samples),
+                "skipped_samples": load.skipped_samples, "dropped_boxes": load.dropped_boxes}
+    _quiet_transformers()
+    method = make_method(args.method, MethodOptions(
+        model=args.model, preset=args.preset, overrides=overrides, device=args.device, precision=args.precision,
+        text_encoder=args.text_encoder, biovil_weights=args.biovil_weights))
+    if lm:
+        settings["config"] = method.grounder.config.to_dict()
+    summary = run_evaluation(load, method, RunWriter(args.out), settings, resume=args.resume)
     print(summary_markdown(summary))
     print(f"per-sample results: {args.out / 'samples.jsonl'}; summaries: {args.out}/summary.{{json,md,csv}}; "
           f"contact sheet: {args.out / 'contact_sheet.png'}")
@@ -126,10 +197,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from medground.evaluate import compare_runs
+    from medground.evaluate.report import compare_runs
 
     print(compare_runs(args.runs))
     return 0
+
+
+def _model_flags() -> argparse.ArgumentParser:
+    """Flags of every command that runs a latent diffusion model."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("model and recipe")
+    group.add_argument("--model", default="toy", help="model folder, known name (toy, toy-sd), diffusers pipeline "
+                       "folder or hub-id@revision (default: toy)")
+    group.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="grounding recipe (default: paper)")
+    group.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one grounding setting "
+                       "(repeatable), e.g. --set gaussian_sigma=2 --set threshold=none")
+    group.add_argument("--config", type=Path, metavar="FILE.json", help="grounding settings from a JSON object "
+                       "(applied before --set)")
+    group.add_argument("--text-encoder", default=None,
+                       help="override the text encoder source: local folder or hub-id[@revision]")
+    group.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu)")
+    group.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help=PRECISION_HELP)
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,21 +228,75 @@ def build_parser() -> argparse.ArgumentParser:
         "cross-attention during DDIM inversion (Vilouras et al., arXiv 2404.12920).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model_flags = _model_flags()
 
-    ground = commands.add_parser("ground", help="ground phrases in one image and write heatmaps, overlays, JSON",
-                                 description="Ground each PHRASE in IMAGE. Per phrase writes to --out: the "
-                                 "original-size heatmap (.npy, NaN outside the model's centre crop), an overlay "
-                                 "(.png) and a JSON with boxes, scores, timings and the config used.")
+    ground = commands.add_parser("ground", parents=[model_flags],
+                                 help="ground phrases in one image and write heatmaps, overlays, JSON",
+                                 description="Ground each PHRASE in IMAGE. Per phrase writes to --out, under a name "
+                                 "unique to (image, phrase): the original-size heatmap (.npy, NaN outside the model's "
+                                 "centre crop), an overlay (.png) and a JSON with boxes, scores, timings and the "
+                                 "effective config.")
     ground.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
     ground.add_argument("phrases", nargs="+", metavar="PHRASE", help="one or more report phrases")
-    ground.add_argument("--model", default="toy", help="model directory or known name (default: toy)")
-    ground.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="grounding recipe")
-    ground.add_argument("--text-encoder", default=None,
-                        help="override the text encoder source: local folder or hub-id[@revision]")
-    ground.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    ground.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help=PRECISION_HELP)
     ground.add_argument("--out", type=Path, required=True, help="output folder")
     ground.set_defaults(func=cmd_ground)
+
+    evaluate = commands.add_parser(
+        "eval", parents=[model_flags], help="evaluate a method on a dataset (resumable) and write paper-style tables",
+        description="Run METHOD over every sample of a dataset. RUN_DIR/samples.jsonl gets one line per sample as "
+        "it goes (use --resume after an interruption; one run per folder at a time); then summary.json/.md/.csv (per "
+        "class mean and std, and the paper's headline: the unweighted mean over classes +- std across classes) and "
+        "contact_sheet.png.")
+    evaluate.add_argument("--dataset", required=True, choices=list(DATASETS))
+    evaluate.add_argument("--root", type=Path, default=None, help="image root (MIMIC-CXR-JPG for ms-cxr)")
+    evaluate.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
+    evaluate.add_argument("--method", required=True, choices=list(METHODS))
+    evaluate.add_argument("--biovil-weights", default=None, metavar="DIR|HUB-ID[@REV]",
+                          help="biovil, biovil-t: a local copy of the weights repository or another hub repo "
+                          "(default: the official one)")
+    evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
+    evaluate.add_argument("--seed", type=non_negative_int, default=123456789, help="phantoms: first seed")
+    evaluate.add_argument("--n", type=positive_int, default=40, help="phantoms: number of phantoms")
+    evaluate.add_argument("--out", type=Path, required=True, help="run folder")
+    evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    evaluate.set_defaults(func=cmd_eval)
+
+    compare = commands.add_parser("compare", help="compare evaluation runs side by side",
+                                  description="Per class and overall means of several runs on the samples they "
+                                  "share, with paired differences to the first run. Reads the runs, never changes "
+                                  "them.")
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.set_defaults(func=cmd_compare)
+
+    models = commands.add_parser("models", help="list the model names load_model knows, with their family")
+    models.set_defaults(func=cmd_models)
+
+    demo = commands.add_parser("demo", help="ground phantoms with the shipped toy model and print metrics",
+                               description="Generate chest-X-ray phantoms, ground their finding phrases with the "
+                               "embedded toy model, write overlays (image, truth box, heatmap, predicted box) and "
+                               "a contact sheet, and print a metrics table against position-only baselines.")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
+    demo.add_argument("--model", default="toy", help="toy model name or folder (default: toy)")
+    demo.add_argument("--seed", type=non_negative_int, default=7_000_000, help="first phantom seed")
+    demo.add_argument("--n", type=positive_int, default=6, help="phantoms to draw (those with findings)")
+    demo.add_argument("--n-eval", type=positive_int, default=24, help="phantoms in the metrics table")
+    demo.add_argument("--device", default="cpu")
+    demo.set_defaults(func=cmd_demo)
+
+    toy = commands.add_parser("toy", help="the toy world: evaluate the shipped phantom models")
+    toy_commands = toy.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
+    toy_eval = toy_commands.add_parser(
+        "eval", parents=[model_flags], help="ground held-out phantoms and compare with baselines",
+        description="Ground every finding phrase of N phantoms generated from seeds S..S+N-1 and report mIoU, "
+        "AUROC (binned and exact), CNR and phrase discrimination for the model and the baselines uniform, "
+        "centre, prior (mean validation box mask) and untrained (random weights, same pipeline).")
+    toy_eval.add_argument("--seed", type=non_negative_int, required=True,
+                          help="first phantom seed (keep it away from the training seeds 0..200000 and the "
+                          "validation seeds 5000000..5000199)")
+    toy_eval.add_argument("--n", type=positive_int, default=40, help="number of phantoms")
+    toy_eval.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    toy_eval.add_argument("--methods", nargs="+", default=list(TOY_METHODS), choices=list(TOY_METHODS))
+    toy_eval.set_defaults(func=cmd_toy_eval)
 
     convert = commands.add_parser(
         "convert-monai-ldm", help="convert the paper's published MONAI checkpoints into a model directory",
@@ -167,75 +310,34 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", type=Path, required=True, help="output model directory")
     convert.set_defaults(func=cmd_convert)
 
-    evaluate = commands.add_parser(
-        "eval", help="evaluate a method on a dataset (resumable) and write paper-style tables",
-        description="Run METHOD over every sample of a dataset. RUN_DIR/samples.jsonl gets one line per sample as "
-        "it goes (use --resume after an interruption); then summary.json/.md/.csv (per class mean and std, and "
-        "the paper's headline: the unweighted mean over classes +- std across classes) and contact_sheet.png.")
-    evaluate.add_argument("--dataset", required=True, choices=list(DATASETS))
-    evaluate.add_argument("--root", type=Path, required=True, help="image root (MIMIC-CXR-JPG for ms-cxr)")
-    evaluate.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
-    evaluate.add_argument("--method", required=True, choices=list(METHOD_NAMES))
-    evaluate.add_argument("--model", default=None,
-                          help="method ldm: model directory or known name; biovil, biovil-t: hub-id[@revision] or "
-                          "a local copy of the weights repository (default: the official one)")
-    evaluate.add_argument("--preset", default="paper", choices=sorted(PRESETS))
-    evaluate.add_argument("--text-encoder", default=None, help="text encoder source override (method ldm)")
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help=PRECISION_HELP)
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples")
-    evaluate.add_argument("--out", type=Path, required=True, help="run folder")
-    evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    evaluate.set_defaults(func=cmd_eval)
-
-    compare = commands.add_parser("compare", help="compare evaluation runs side by side",
-                                  description="Per class and overall means of several runs on the samples they "
-                                  "share, with paired differences to the first run.")
-    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    compare.set_defaults(func=cmd_compare)
-
-    models = commands.add_parser("models", help="list the model names load_model knows")
-    models.set_defaults(func=cmd_models)
-
-    demo = commands.add_parser("demo", help="ground phantoms with the shipped toy model and print metrics",
-                               description="Generate chest-X-ray phantoms, ground their finding phrases with the "
-                               "embedded toy model, write overlays (image, truth box, heatmap, predicted box) and "
-                               "a contact sheet, and print a metrics table against position-only baselines.")
-    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
-    demo.add_argument("--model", default="toy", help="model directory or known name (default: toy)")
-    demo.add_argument("--seed", type=int, default=7_000_000, help="first phantom seed")
-    demo.add_argument("--n", type=int, default=6, help="phantoms to draw (those with findings)")
-    demo.add_argument("--n-eval", type=int, default=24, help="phantoms in the metrics table")
-    demo.add_argument("--device", default="cpu")
-    demo.set_defaults(func=cmd_demo)
-
-    toy = commands.add_parser("toy", help="the toy world: evaluate the shipped phantom model")
-    toy_commands = toy.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
-    toy_eval = toy_commands.add_parser(
-        "eval", help="ground held-out phantoms and compare with baselines",
-        description="Ground every finding phrase of N phantoms generated from seeds S..S+N-1 and report mIoU, "
-        "AUROC (binned and exact), CNR and phrase discrimination for the model and the baselines uniform, "
-        "centre, prior (mean validation box mask) and untrained (random weights, same pipeline).")
-    toy_eval.add_argument("--seed", type=int, required=True, help="first phantom seed (keep it far from 0..200000)")
-    toy_eval.add_argument("--n", type=int, default=40, help="number of phantoms")
-    toy_eval.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    toy_eval.add_argument("--model", default="toy", help="model directory or known name (default: toy)")
-    toy_eval.add_argument("--methods", nargs="+", default=list(TOY_METHODS), choices=list(TOY_METHODS))
-    toy_eval.add_argument("--device", default="cpu")
-    toy_eval.set_defaults(func=cmd_toy_eval)
+    importer = commands.add_parser(
+        "import-diffusers", help="import a diffusers pipeline (RoentGen, RoentGen-v2, G2G, SD) as a model directory",
+        description="Load a diffusers pipeline folder or hub-id[@revision] strictly, record SHA-256 of every weight "
+        "file and the data-use terms, and write a medground model directory. --unet and --text-encoder swap in "
+        "components from elsewhere (Generate-to-Ground: SD-1.5 pipeline + its UNet + CXR-BERT).")
+    importer.add_argument("source", help="pipeline folder (model_index.json) or hub-id[@revision]")
+    importer.add_argument("--out", type=Path, required=True, help="output model directory")
+    importer.add_argument("--unet", default=None, metavar="DIR|HUB-ID[@REV][:SUBFOLDER]",
+                          help="take the UNet from here instead (folder with config.json, or hub repo + subfolder)")
+    importer.add_argument("--text-encoder", default=None, metavar="DIR|HUB-ID[@REV]",
+                          help="take the text encoder and tokenizer from here instead (e.g. CXR-BERT for G2G)")
+    importer.add_argument("--name", default=None, help="model name (default: the source's)")
+    importer.add_argument("--data-terms", default=None, help="data-use terms to record (default: known terms of "
+                          "the source, e.g. MIMIC-CXR credentialing for RoentGen)")
+    importer.set_defaults(func=cmd_import_diffusers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # per-file load/save bars would drown our own output
     try:
         return args.func(args)
     except MedgroundError as exc:
         print(f"medground: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("medground: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

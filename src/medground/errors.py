@@ -29,3 +29,15 @@ class ModelLoadError(MedgroundError):
 
 class WeightsNotFoundError(ModelLoadError, FileNotFoundError):
     """Weights that are not where the model description says they are."""
+
+
+class ModelOutputError(MedgroundError):
+    """A model that ran but produced unusable numbers (NaN or infinite attention)."""
+
+
+class RunDirError(MedgroundError, ValueError):
+    """A run folder that cannot be used: another run's, locked by a live writer, corrupt, or not writable."""
+
+
+class DatasetError(MedgroundError, ValueError):
+    """A dataset file that is missing, not in the expected layout, or holds rows that cannot be used."""

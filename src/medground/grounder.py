@@ -13,19 +13,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from medground.config import GroundingConfig, preset
-from medground.engine.invert import WindowLatents, invert_to_window, record_attention
-from medground.errors import ConfigError
-from medground.heatmap import average_attention_maps
+from medground.backbones.base import Backbone
+from medground.config import PRECISIONS, GroundingConfig, resolve
+from medground.engine.invert import (
+    WindowLatents,
+    invert_to_window,
+    record_attention,
+    unconditional_evaluations,
+    window_grid,
+)
+from medground.errors import ConfigError, ModelOutputError
 from medground.images import Geometry, ImageInput, read_image
-from medground.models.ldm import LatentDiffusionModel
-from medground.postprocess import GroundedBox, boxes_from_mask, smooth_and_threshold
+from medground.readout.aggregate import average_attention_maps
+from medground.readout.boxes import GroundedBox, boxes_from_mask
+from medground.readout.threshold import smooth_and_threshold
 from medground.text import phrase_tokens
 
-PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-"""``fp32`` is strict IEEE float32 (TF32 off on CUDA: PyTorch lets cuDNN convolutions use TF32 by default, and over
-the paper's 180 inversion steps that moved Otsu boundaries: max |diff| 0.45 against the reference on an H200, 6e-7 with
-TF32 off). ``tf32`` allows TF32 in convolutions and matmuls; ``bf16``/``fp16`` run the networks under autocast."""
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""Precisions (``config.PRECISIONS``): ``fp32`` is strict IEEE float32 (TF32 off on CUDA: PyTorch lets cuDNN
+convolutions use TF32 by default, and over the paper's 180 inversion steps that moved Otsu boundaries: max |diff|
+0.45 against the reference on an H200, 6e-7 with TF32 off). ``tf32`` allows TF32 in convolutions and matmuls;
+``bf16`` / ``fp16`` run the networks under autocast."""
 
 
 @dataclass
@@ -36,11 +44,13 @@ class GroundingResult:
     heatmap: np.ndarray
     """float32 (H, W) in original pixels, NaN where the centre crop discarded the image."""
     mask: np.ndarray
-    """bool (H, W): the Otsu foreground."""
+    """bool (H, W): the thresholded foreground."""
     boxes: list[GroundedBox]
     config: GroundingConfig
     model_heatmap: np.ndarray
     """float32 (S, S): the final map in the model's square input."""
+    flat: bool = False
+    """The attention did not vary over the image: the map is all zeros and says nothing about where the phrase is."""
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -48,42 +58,37 @@ class GroundingResult:
             "phrase": self.phrase,
             "image_size": {"width": int(self.heatmap.shape[1]), "height": int(self.heatmap.shape[0])},
             "boxes": [box.to_dict() for box in self.boxes],
+            "flat": self.flat,
             "timings_s": self.timings,
             "config": self.config.to_dict(),
         }
 
 
-def resolve_config(model: LatentDiffusionModel, config: GroundingConfig | str | None) -> GroundingConfig:
-    """A preset name (default ``paper``) gets the model's own defaults (layers, window) applied on top;
-    an explicit GroundingConfig is used as given."""
-    if isinstance(config, GroundingConfig):
-        return config
-    return preset(config or "paper").with_overrides(**_model_overrides(model))
-
-
-def _model_overrides(model: LatentDiffusionModel) -> dict[str, Any]:
-    """The model directory's ``grounding_defaults``, validated and typed as GroundingConfig fields."""
-    validated = GroundingConfig.from_dict(model.grounding_defaults)
-    return {name: getattr(validated, name) for name in model.grounding_defaults}
-
-
 class Grounder:
     """Grounds phrases with a frozen LDM: ``Grounder(model, "paper").ground(image, phrases)``.
+
+    ``config``: a preset name (default ``paper``) or a GroundingConfig; settings it leaves unset come from the model
+    (its family's defaults and its directory's ``grounding_defaults``); ``overrides`` win over both. The resolved
+    settings are checked against the model (layers, grid, window) here, before any UNet work.
 
     The unconditional trajectory inside the window is cached per image (content hash + model + the
     settings that shape it), so a later query on the same image runs only the conditional passes.
     ``precision``: ``fp32`` (default, exact), or on CUDA the faster ``tf32``, ``bf16``, ``fp16`` (see PRECISIONS).
     """
 
-    def __init__(self, model: LatentDiffusionModel, config: GroundingConfig | str | None = None,
-                 progress: bool = False, batch_size: int = 8, precision: str = "fp32",
-                 cache_size: int = 64) -> None:
+    def __init__(self, model: Backbone, config: GroundingConfig | str | None = None,
+                 overrides: dict[str, Any] | None = None, progress: bool = False, batch_size: int = 8,
+                 precision: str = "fp32", cache_size: int = 64) -> None:
         if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and model.device.type != "cuda":
             raise ConfigError(f"precision {precision!r} needs a CUDA device; the model is on {model.device}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
-        self.config = resolve_config(model, config)
+        self.config = resolve(model.grounding_defaults(), config, overrides)
+        model.check_layers(self.config.cross_attention_layers)
+        window_grid(model, self.config)
         self.progress = progress
         self.batch_size = batch_size
         self.precision = precision
@@ -102,8 +107,8 @@ class Grounder:
         started = time.perf_counter()
         counts_before = dict(self.unet_evaluations)
         size = self.model.image_size
+        tokens = [[phrase_tokens(self.model.tokenizer, p) for p in _phrase_list(phrases)] for _, phrases in items]
         pixels = [read_image(image) for image, _ in items]
-        tokens = [[phrase_tokens(self.model.tokenizer, p) for p in phrases] for _, phrases in items]
         geometries = [Geometry(width=p.shape[1], height=p.shape[0], size=size) for p in pixels]
         inputs = [g.to_model(p) for g, p in zip(geometries, pixels)]
         image_index = [i for i, image_tokens in enumerate(tokens) for _ in image_tokens]
@@ -111,13 +116,16 @@ class Grounder:
         if not flat_tokens:
             return [[] for _ in items]
         with self._numerics():
-            window = self._window_latents(inputs)
+            window = self.window_latents(inputs)
             inverted = time.perf_counter()
             recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
         self.unet_evaluations["conditional"] += recorded.conditional_evaluations
         recorded_at = time.perf_counter()
         upsample = self.config.upsample_size or size
         maps = average_attention_maps(recorded.per_layer, recorded.steps, upsample).numpy()
+        if not np.isfinite(maps).all():
+            raise ModelOutputError(f"model {self.model.name!r} produced NaN or infinite attention; its weights or "
+                                   "inputs are broken (no map is returned rather than a blank one)")
         timings = {"inversion": inverted - started, "conditional": recorded_at - inverted,
                    "recorded_attention_bytes": float(recorded.peak_bytes)}
         timings.update({f"unet_evaluations_{kind}": float(self.unet_evaluations[kind] - counts_before[kind])
@@ -126,6 +134,12 @@ class Grounder:
         for row, (image_number, phrase) in enumerate(zip(image_index, flat_tokens)):
             results[image_number].append(self._finish(phrase.phrase, maps[row], geometries[image_number], timings))
         return results
+
+    def is_cached(self, image: ImageInput) -> bool:
+        """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
+        pixels = read_image(image)
+        model_input = Geometry(pixels.shape[1], pixels.shape[0], self.model.image_size).to_model(pixels)
+        return self._trajectory_key(model_input) in self._trajectories
 
     @contextlib.contextmanager
     def _numerics(self) -> Iterator[None]:
@@ -138,7 +152,7 @@ class Grounder:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
             if self.precision in ("bf16", "fp16"):
-                with torch.autocast(device_type="cuda", dtype=PRECISIONS[self.precision]):
+                with torch.autocast(device_type="cuda", dtype=AUTOCAST[self.precision]):
                     yield
             else:
                 yield
@@ -151,7 +165,7 @@ class Grounder:
         return (f"{digest}|{self.model.name}|{id(self.model)}|{c.inference_steps}|{c.timestep_spacing}|"
                 f"{c.window}|{c.unconditional_prompt!r}|{self.precision}")
 
-    def _window_latents(self, inputs: list[torch.Tensor]) -> WindowLatents:
+    def window_latents(self, inputs: list[torch.Tensor]) -> WindowLatents:
         """Window latents of every input, from the cache or by batched inversion of the missing ones."""
         keys = [self._trajectory_key(x) for x in inputs]
         missing = list(dict.fromkeys(k for k in keys if k not in self._trajectories))
@@ -161,7 +175,7 @@ class Grounder:
             chunk = missing[begin : begin + self.batch_size]
             batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device)
             window = invert_to_window(self.model, self.model.encode_images(batch), self.config, self.progress)
-            self.unet_evaluations["unconditional"] += (self.config.window[1] - 1) * len(chunk)
+            self.unet_evaluations["unconditional"] += unconditional_evaluations(self.config) * len(chunk)
             fresh.update({key: window.select([i]) for i, key in enumerate(chunk)})
         parts = [fresh[k] if k in fresh else self._trajectories[k] for k in keys]
         for key, window in fresh.items():
@@ -183,7 +197,12 @@ class Grounder:
         mask = geometry.to_original(model_mask.astype(np.float32), self.config.back_projection) > 0.5
         return GroundingResult(phrase=phrase, heatmap=heatmap, mask=mask, boxes=boxes_from_mask(mask, heatmap),
                                config=self.config, model_heatmap=model_map.astype(np.float32),
+                               flat=not bool(model_map.max() > 0),
                                timings={**timings, "postprocess": time.perf_counter() - started})
+
+
+def _phrase_list(phrases: str | Sequence[str]) -> list[str]:
+    return [phrases] if isinstance(phrases, str) else list(phrases)
 
 
 def _resize_square(values: np.ndarray, size: int, mode: str) -> np.ndarray:

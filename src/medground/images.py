@@ -8,7 +8,11 @@ either as the official code does (nearest resize to the short side, symmetric Na
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,13 +26,21 @@ from medground.errors import BoxError, ImageError
 
 MIN_IMAGE_SIDE = 32
 """Smaller images carry no usable anatomy once resized to the model's input."""
+MAX_PIXELS_ENV = "MEDGROUND_MAX_IMAGE_PIXELS"
+"""Raise PIL's decompression-bomb limit (about 89 million pixels) for images you trust."""
 
 ImageInput = str | Path | Image.Image | np.ndarray
 Box = tuple[float, float, float, float]
 
 
 def read_image(image: ImageInput) -> np.ndarray:
-    """Return the image as float32 grayscale in [0, 1], shape (H, W), in its own orientation."""
+    """Return the image as float32 grayscale in [0, 1], shape (H, W), in its own orientation.
+
+    Pixel scaling: 8-bit / 255; 16-bit / 65535, except data whose maximum is at most 4095, which is read as 12-bit
+    (/ 4095: 12-bit radiographs are often stored in 16-bit PNGs and would otherwise come out 16 times too dark);
+    32-bit integers only when their values fit 16 bits (then as 16-bit); floats clipped to [0, 1]; DICOM through its
+    modality LUT, then its VOI LUT or window, then min-max. Images without contrast are refused.
+    """
     if isinstance(image, (str, Path)):
         pixels = _read_path(Path(image))
         name = str(image)
@@ -36,26 +48,60 @@ def read_image(image: ImageInput) -> np.ndarray:
         pixels = _pil_to_unit(image, "the PIL image")
         name = "the PIL image"
     elif isinstance(image, np.ndarray):
-        pixels = _array_to_unit(image)
+        pixels = _array_to_unit(image, "the array")
         name = "the array"
     else:
         raise ImageError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
     height, width = pixels.shape
     if min(height, width) < MIN_IMAGE_SIDE:
         raise ImageError(f"{name} is {width}x{height}; both sides must be at least {MIN_IMAGE_SIDE} pixels")
+    if not pixels.max() > pixels.min():
+        raise ImageError(f"{name} has no contrast: every pixel reads as {float(pixels.flat[0]):.4g}")
     return pixels
+
+
+@contextlib.contextmanager
+def _pil_limits(path: Path) -> Iterator[None]:
+    """PIL's decompression-bomb warning and error both become an ImageError that says how to lift the limit."""
+    limit = os.environ.get(MAX_PIXELS_ENV)
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        if limit:
+            Image.MAX_IMAGE_PIXELS = int(limit)
+    except ValueError:
+        raise ImageError(f"{MAX_PIXELS_ENV}={limit!r} is not an integer") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: {exc}. If you trust this file, raise the limit: set {MAX_PIXELS_ENV} to a larger "
+                         "pixel count") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def check_image_file(path: Path) -> None:
     """ImageError if ``path`` is missing or not a PNG/JPEG/DICOM; reads the header only, for readers that decode
-    the file themselves (the BioViL baselines)."""
+    the file themselves (the BioViL baselines) and for validating datasets before any work."""
+    image_size(path)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header; ImageError if it is missing or not a readable image."""
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     if _is_dicom(path):
-        return
+        import pydicom
+
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(header.Columns), int(header.Rows)
+        except Exception as exc:  # pydicom raises many kinds for broken files
+            raise ImageError(f"cannot read {path} as DICOM: {exc}") from exc
     try:
-        with Image.open(path):
-            pass
+        with _pil_limits(path), Image.open(path) as opened:
+            return opened.size
     except (UnidentifiedImageError, OSError) as exc:
         raise _unreadable(path, exc) from exc
 
@@ -65,10 +111,10 @@ def _read_path(path: Path) -> np.ndarray:
     if _is_dicom(path):
         return _read_dicom(path)
     try:
-        with Image.open(path) as opened:
+        with _pil_limits(path), Image.open(path) as opened:
             opened.load()
             return _pil_to_unit(opened, str(path))
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise _unreadable(path, exc) from exc
 
 
@@ -85,19 +131,24 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
+    """Stored values -> modality LUT (rescale slope/intercept) -> VOI LUT or window -> min-max to [0, 1]."""
     import pydicom
-    from pydicom.pixels import apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         dataset = pydicom.dcmread(path)
         pixels = dataset.pixel_array
+        if pixels.ndim != 2:
+            raise ImageError(f"{path}: DICOM pixel data has shape {pixels.shape}; a single 2-D frame is expected")
+        values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
+    except ImageError:
+        raise
     except Exception as exc:  # pydicom raises many kinds for broken files
         raise ImageError(f"cannot read {path} as DICOM: {exc}") from exc
-    if pixels.ndim != 2:
-        raise ImageError(f"{path}: DICOM pixel data has shape {pixels.shape}; a single 2-D frame is expected")
-    pixels = apply_voi_lut(pixels, dataset).astype(np.float64)
-    low, high = float(pixels.min()), float(pixels.max())
-    scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+    if not np.isfinite(values).all():
+        raise ImageError(f"{path}: DICOM pixel values are not finite after its LUTs")
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     if getattr(dataset, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         scaled = 1.0 - scaled
     return scaled.astype(np.float32)
@@ -109,30 +160,34 @@ def _pil_to_unit(image: Image.Image, name: str) -> np.ndarray:
         if (alpha != 255).any():
             raise ImageError(f"{name} has a transparent alpha channel; flatten it onto a background first")
         image = image.convert("L")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return _array_to_unit(np.asarray(image).astype(np.uint16))
+    if image.mode.startswith("I"):
+        return _array_to_unit(np.asarray(image), name)
     if image.mode == "F":
-        return _array_to_unit(np.asarray(image, dtype=np.float32))
+        return _array_to_unit(np.asarray(image, dtype=np.float32), name)
     if image.mode != "L":
         image = image.convert("L")
-    return _array_to_unit(np.asarray(image))
+    return _array_to_unit(np.asarray(image), name)
 
 
-def _array_to_unit(array: np.ndarray) -> np.ndarray:
-    """8-bit /255, 16-bit /65535, floats clipped to [0, 1] (the official ScaleIntensityRange with clip)."""
+def _array_to_unit(array: np.ndarray, name: str) -> np.ndarray:
+    """8-bit /255, 16-bit /65535 (12-bit data /4095), floats clipped to [0, 1] (ScaleIntensityRange with clip)."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2:
-        raise ImageError(f"expected a 2-D grayscale array, got shape {array.shape}")
+        raise ImageError(f"{name}: expected a 2-D grayscale array, got shape {array.shape}")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise ImageError(f"{name}: integer pixel values span [{low}, {high}], outside 16 bits; convert it to "
+                             "16-bit or to float in [0, 1] first")
+        return array.astype(np.float32) / (4095.0 if high <= 4095 else 65535.0)
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise ImageError("the image array contains NaN or infinite values")
+            raise ImageError(f"{name} contains NaN or infinite values")
         return np.clip(array.astype(np.float32), 0.0, 1.0)
-    raise ImageError(f"unsupported pixel type {array.dtype}; use uint8, uint16 or float in [0, 1]")
+    raise ImageError(f"{name}: unsupported pixel type {array.dtype}; use uint8, uint16 or float in [0, 1]")
 
 
 @dataclass(frozen=True)

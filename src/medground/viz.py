@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
 from medground.images import Box  # noqa: E402
-from medground.postprocess import GroundedBox  # noqa: E402
+from medground.readout.boxes import GroundedBox  # noqa: E402
 
 
 def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str,

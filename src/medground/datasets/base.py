@@ -1,15 +1,23 @@
-"""The common sample record, the crop filter of the paper's protocol, and the dataset registry."""
+"""The common sample record, row validation, the crop filter of the paper's protocol, and the dataset registry.
+
+Every reader returns ``Sample`` records after checking every row (numbers, boxes, paths inside the root, image
+files and their sizes, duplicates, colliding ids) before anything is evaluated; a row that cannot be used is a
+``DatasetError`` naming the file and row, and a row that is only redundant (an exact duplicate) is dropped and
+reported in ``DatasetLoad.notes``.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from medground.errors import MedgroundError
-from medground.images import Box, Geometry
+from medground.errors import DatasetError, ImageError
+from medground.images import Box, Geometry, image_size
 
 PROTOCOL_CROP = 512
 """The LDM's input side: boxes that do not survive its centre crop are dropped (official protocol)."""
@@ -20,7 +28,10 @@ class Sample:
     """One image-phrase pair with its boxes in original pixels."""
 
     id: str
-    image_path: Path
+    image: Any = field(compare=False, repr=False)
+    """What the grounding methods read: a path, or the pixels themselves (phantoms)."""
+    image_key: str
+    """Names the image: samples with the same key share one image (and one inversion)."""
     width: int
     height: int
     phrase: str
@@ -30,54 +41,125 @@ class Sample:
 
 @dataclass
 class DatasetLoad:
-    """Samples that survive the crop filter, and what the filter removed."""
+    """Samples that survive the crop filter, and what the filter and the validation removed."""
 
     name: str
     samples: list[Sample]
     skipped_samples: list[str] = field(default_factory=list)
     """Ids of samples none of whose boxes survive the crop (counted, never evaluated)."""
     dropped_boxes: int = 0
+    notes: list[str] = field(default_factory=list)
+    """Rows dropped as exact duplicates, with their file and row numbers."""
 
 
-class DatasetError(MedgroundError, ValueError):
-    """A dataset file that is missing or not in the expected layout."""
+def sample_id(image_key: str, phrase: str) -> str:
+    """Deterministic, file-name-safe id: image stem + a short hash of (image, phrase)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image_key).stem)[:40]
+    return f"{stem}-{hashlib.sha1(f'{image_key}|{phrase}'.encode()).hexdigest()[:8]}"
 
 
-def sample_id(image_path: str, phrase: str) -> str:
-    """Deterministic, file-name-safe id: image stem + a short hash of (path, phrase)."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image_path).stem)[:40]
-    return f"{stem}-{hashlib.sha1(f'{image_path}|{phrase}'.encode()).hexdigest()[:8]}"
+def parse_number(value: Any, column: str, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {column}={value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise DatasetError(f"{where}: {column}={value!r} is not a finite number")
+    return number
 
 
-def apply_crop_filter(name: str, candidates: Iterable[Sample], crop: int = PROTOCOL_CROP) -> DatasetLoad:
-    """Drop boxes outside the model's centre crop; skip samples left with none (the official protocol)."""
+def parse_box(x: Any, y: Any, w: Any, h: Any, where: str) -> Box:
+    box = tuple(parse_number(v, c, where) for v, c in ((x, "x"), (y, "y"), (w, "w"), (h, "h")))
+    if box[2] <= 0 or box[3] <= 0:
+        raise DatasetError(f"{where}: box {box} must have positive width and height")
+    return box  # type: ignore[return-value]
+
+
+def image_under(root: Path, relative: str, where: str) -> Path:
+    """``root / relative`` for a path from a dataset file; absolute paths and paths leaving ``root`` are refused."""
+    if not relative or Path(relative).is_absolute():
+        raise DatasetError(f"{where}: image path {relative!r} must be relative to the dataset root {root}")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise DatasetError(f"{where}: image path {relative!r} leaves the dataset root {root}")
+    return root / relative
+
+
+def checked_size(path: Path, where: str, declared: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The image's (width, height) from its header; a missing or unreadable file, or a size that disagrees with
+    what the dataset file declares, is an error naming the row."""
+    try:
+        size = image_size(path)
+    except ImageError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    if declared is not None and tuple(declared) != tuple(size):
+        raise DatasetError(f"{where}: the dataset says {declared[0]}x{declared[1]} but {path} is {size[0]}x{size[1]}; "
+                           "its boxes would be in the wrong pixels")
+    return size
+
+
+@dataclass
+class SampleRows:
+    """Boxes of one (image, phrase) gathered from the rows of a dataset file, before validation of the set."""
+
+    image: Any
+    image_key: str
+    phrase: str
+    category: str
+    boxes: list[Box] = field(default_factory=list)
+    rows: list[str] = field(default_factory=list)
+
+
+def assemble(name: str, groups: Iterable[SampleRows], sizes: Callable[[SampleRows], tuple[int, int]]) -> DatasetLoad:
+    """Samples from grouped rows: exact duplicate rows are dropped and noted; two groups whose ids collide (two
+    labels that read as the same phrase on one image) are an error naming both."""
     load = DatasetLoad(name=name, samples=[])
-    for sample in candidates:
+    seen: dict[str, SampleRows] = {}
+    for group in groups:
+        identifier = sample_id(group.image_key, group.phrase)
+        if identifier in seen:
+            other = seen[identifier]
+            raise DatasetError(f"{group.rows[0]} ({group.category!r}) and {other.rows[0]} ({other.category!r}) give "
+                               f"the same phrase {group.phrase!r} on one image {group.image_key}: they would be "
+                               "scored as one sample. Merge the labels or give them different phrases.")
+        seen[identifier] = group
+        unique: list[Box] = []
+        for box, row in zip(group.boxes, group.rows):
+            if box in unique:
+                load.notes.append(f"{row}: exact duplicate of an earlier box of {group.image_key} "
+                                  f"{group.phrase!r}, dropped")
+            else:
+                unique.append(box)
+        width, height = sizes(group)
+        load.samples.append(Sample(id=identifier, image=group.image, image_key=group.image_key, width=width,
+                                   height=height, phrase=group.phrase, category=group.category, boxes=tuple(unique)))
+    return load
+
+
+def apply_crop_filter(load: DatasetLoad, crop: int = PROTOCOL_CROP) -> DatasetLoad:
+    """Drop boxes outside the model's centre crop; skip samples left with none (the official protocol)."""
+    kept_samples = []
+    for sample in load.samples:
         geometry = Geometry(sample.width, sample.height, crop)
         kept = tuple(box for box in sample.boxes if geometry.box_in_crop(box))
         load.dropped_boxes += len(sample.boxes) - len(kept)
         if kept:
-            load.samples.append(Sample(**{**sample.__dict__, "boxes": kept}))
+            kept_samples.append(replace(sample, boxes=kept))
         else:
             load.skipped_samples.append(sample.id)
+    load.samples = kept_samples
     return load
 
 
-def _readers() -> dict[str, Callable[..., list[Sample]]]:
-    from medground.datasets import ms_cxr, nih, vindr
+def load_dataset(name: str, root: Path | None = None, csv: Path | None = None, crop: int = PROTOCOL_CROP,
+                 **options: Any) -> DatasetLoad:
+    """Read a dataset by name (see ``medground.datasets.DATASETS``), validate it and apply the crop filter."""
+    from medground.datasets import DATASETS, reader
 
-    return {"ms-cxr": ms_cxr.read_ms_cxr, "csv": ms_cxr.read_ms_cxr, "nih": nih.read_nih, "vindr": vindr.read_vindr}
-
-
-DATASETS = ("ms-cxr", "nih", "vindr", "csv")
-
-
-def load_dataset(name: str, root: Path, csv: Path | None = None, crop: int = PROTOCOL_CROP) -> DatasetLoad:
-    """Read a dataset by name (``ms-cxr``, ``nih``, ``vindr``, ``csv``) and apply the crop filter."""
-    readers = _readers()
-    if name not in readers:
+    if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known: {list(DATASETS)}")
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"dataset root not found: {root}")
-    return apply_crop_filter(name, readers[name](root, csv), crop)
+    if name != "phantoms":
+        if root is None or not Path(root).is_dir():
+            raise DatasetError(f"dataset root not found: {root}")
+        return apply_crop_filter(reader(name)(Path(root), csv), crop)
+    return apply_crop_filter(reader(name)(**options), crop)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import csv as csv_module
 from pathlib import Path
 
-from PIL import Image
-
-from medground.datasets.base import DatasetError, Sample, sample_id
+from medground.datasets.base import SampleRows, assemble, checked_size, image_under, parse_box
+from medground.errors import DatasetError
 
 NIH_PHRASES = {"Effusion": "pleural effusion", "Infiltrate": "infiltrate", "Infiltration": "infiltration",
                "Mass": "lung mass", "Nodule": "lung nodule"}
@@ -24,29 +23,33 @@ def nih_phrase(label: str) -> str:
     return NIH_PHRASES.get(label, label.lower())
 
 
-def read_nih(root: Path, csv: Path | None = None) -> list[Sample]:
+def read_nih(root: Path, csv: Path | None = None):
     csv = csv or next((root / name for name in DEFAULT_CSV_NAMES if (root / name).is_file()), None)
     if csv is None or not Path(csv).is_file():
         raise DatasetError(f"NIH bounding-box CSV not found (given {csv}, looked for {DEFAULT_CSV_NAMES} in {root})")
-    grouped: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
-    with open(csv, newline="") as handle:
-        rows = csv_module.reader(handle)
-        header = next(rows)
-        if len(header) < 6 or not header[0].startswith("Image Index"):
-            raise DatasetError(f"{csv}: expected the BBox_List_2017 header, found {header}")
-        for row in rows:
-            if not row:
-                continue
-            image, label, x, y, w, h = row[:6]
-            grouped.setdefault((image, label), []).append((float(x), float(y), float(w), float(h)))
-    samples = []
-    for (image, label), boxes in grouped.items():
-        path = root / "images" / image
-        if not path.is_file():
-            raise DatasetError(f"image listed in {csv} not found: {path}")
-        with Image.open(path) as opened:
-            width, height = opened.size
-        phrase = nih_phrase(label)
-        samples.append(Sample(id=sample_id(f"images/{image}", phrase), image_path=path, width=width, height=height,
-                              phrase=phrase, category=label, boxes=tuple(boxes)))
-    return samples
+    groups: dict[tuple[str, str], SampleRows] = {}
+    try:
+        with open(csv, newline="", encoding="utf-8") as handle:
+            rows = csv_module.reader(handle)
+            header = next(rows, [])
+            if len(header) < 6 or not header[0].startswith("Image Index"):
+                raise DatasetError(f"{csv}: expected the BBox_List_2017 header, found {header}")
+            for number, row in enumerate(rows, start=2):
+                if not row:
+                    continue
+                where = f"{csv} row {number}"
+                if len(row) < 6:
+                    raise DatasetError(f"{where}: expected image, label, x, y, w, h; found {row}")
+                image, label = row[0].strip(), row[1].strip()
+                if not image or not label:
+                    raise DatasetError(f"{where}: empty image name or label")
+                key = f"images/{image}"
+                path = image_under(root, key, where)
+                group = groups.setdefault((image, label), SampleRows(path, key, nih_phrase(label), label))
+                group.boxes.append(parse_box(*row[2:6], where))
+                group.rows.append(where)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{csv} is not UTF-8 text: {exc}") from None
+    except csv_module.Error as exc:
+        raise DatasetError(f"{csv} is not a readable CSV: {exc}") from None
+    return assemble("nih", groups.values(), lambda g: checked_size(g.image, g.rows[0]))

@@ -11,45 +11,44 @@ from __future__ import annotations
 import csv as csv_module
 from pathlib import Path
 
-from medground.datasets.base import DatasetError, Sample, sample_id
+from medground.datasets.base import SampleRows, assemble, checked_size, parse_box, parse_number
+from medground.errors import DatasetError
 
 VINDR_TO_MS_CXR = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Consolidation": "Consolidation",
                    "Edema": "Edema", "Lung Opacity": "Lung Opacity", "Pleural effusion": "Pleural Effusion",
                    "Pneumonia": "Pneumonia", "Pneumothorax": "Pneumothorax"}
 IMAGE_SUFFIXES = (".dicom", ".dcm", ".png", ".jpg", ".jpeg")
+REQUIRED_COLUMNS = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    if path.suffix.lower() in (".dicom", ".dcm"):
-        import pydicom
-
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        return int(header.Columns), int(header.Rows)
-    from PIL import Image
-
-    with Image.open(path) as opened:
-        return opened.size
-
-
-def read_vindr(root: Path, csv: Path | None = None) -> list[Sample]:
+def read_vindr(root: Path, csv: Path | None = None):
     csv = csv or root / "annotations_test.csv"
     if not Path(csv).is_file():
         raise DatasetError(f"VinDr-CXR annotations not found: {csv}; pass --csv")
     images = {p.stem: p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
-    grouped: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
-    with open(csv, newline="") as handle:
-        for row in csv_module.DictReader(handle):
-            category = VINDR_TO_MS_CXR.get(row["class_name"])
-            if category is None or not row.get("x_min"):
-                continue
-            x0, y0, x1, y1 = (float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
-            grouped.setdefault((row["image_id"], category), []).append((x0, y0, x1 - x0, y1 - y0))
-    samples = []
-    for (image_id, category), boxes in grouped.items():
-        if image_id not in images:
-            raise DatasetError(f"VinDr-CXR image {image_id} not found under {root}")
-        width, height = _image_size(images[image_id])
-        phrase = f"The patient has {category.lower()}"
-        samples.append(Sample(id=sample_id(image_id, phrase), image_path=images[image_id], width=width,
-                              height=height, phrase=phrase, category=category, boxes=tuple(boxes)))
-    return samples
+    groups: dict[tuple[str, str], SampleRows] = {}
+    try:
+        with open(csv, newline="", encoding="utf-8") as handle:
+            reader = csv_module.DictReader(handle)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{csv} lacks columns {missing}; found {reader.fieldnames}")
+            for number, row in enumerate(reader, start=2):
+                where = f"{csv} row {number}"
+                category = VINDR_TO_MS_CXR.get((row["class_name"] or "").strip())
+                if category is None or not (row.get("x_min") or "").strip():
+                    continue
+                x0, y0, x1, y1 = (parse_number(row[k], k, where) for k in ("x_min", "y_min", "x_max", "y_max"))
+                image_id = row["image_id"].strip()
+                if image_id not in images:
+                    raise DatasetError(f"{where}: VinDr-CXR image {image_id} not found under {root}")
+                phrase = f"The patient has {category.lower()}"
+                group = groups.setdefault((image_id, category), SampleRows(images[image_id], image_id, phrase,
+                                                                          category))
+                group.boxes.append(parse_box(x0, y0, x1 - x0, y1 - y0, where))
+                group.rows.append(where)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{csv} is not UTF-8 text: {exc}") from None
+    except csv_module.Error as exc:
+        raise DatasetError(f"{csv} is not a readable CSV: {exc}") from None
+    return assemble("vindr", groups.values(), lambda g: checked_size(g.image, g.rows[0]))

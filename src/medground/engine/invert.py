@@ -1,4 +1,4 @@
-"""DDIM inversion that runs only the work the recorded window needs.
+"""DDIM inversion that runs only the work the recorded window needs, on any backbone.
 
 The unconditional trajectory (guidance 0) is shared by every phrase of an image and stops at the end
 of the window; conditional passes run only inside the window, one batch for all phrases.
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from medground.backbones.base import Backbone
 from medground.config import GroundingConfig
-from medground.engine.attention import CrossAttentionRecorder
+from medground.engine.recorder import CrossAttentionRecorder
 from medground.engine.schedule import inversion_step, inversion_timesteps
 from medground.errors import ConfigError
-from medground.models.ldm import LatentDiffusionModel
 from medground.text import PhraseTokens, token_weights
 
 
@@ -46,24 +46,31 @@ class RecordedAttention:
     peak_bytes: int
 
 
-def window_grid(model: LatentDiffusionModel, config: GroundingConfig) -> list[int]:
-    """Timesteps of the grid positions the engine must visit (0 .. window stop - 1)."""
-    grid = inversion_timesteps(model.noise_schedule.num_train_timesteps, config.inference_steps,
+def window_grid(backbone: Backbone, config: GroundingConfig) -> list[int]:
+    """Timesteps of the grid positions the engine must visit (0 .. window stop - 1); checks the window fits."""
+    grid = inversion_timesteps(backbone.noise_schedule.num_train_timesteps, config.inference_steps,
                                config.timestep_spacing)
     start, stop = config.window
     if stop > len(grid):
-        raise ConfigError(f"window [{start}, {stop}) runs past the {len(grid)}-step inversion grid")
+        raise ConfigError(f"window [{start}, {stop}) runs past the {len(grid)}-step inversion grid of "
+                          f"inference_steps={config.inference_steps}")
     return grid[:stop]
 
 
+def unconditional_evaluations(config: GroundingConfig) -> int:
+    """UNet evaluations per image to reach the window's last latent (positions 0 .. stop - 2)."""
+    return config.window[1] - 1
+
+
 @torch.no_grad()
-def invert_to_window(model: LatentDiffusionModel, latents: torch.Tensor, config: GroundingConfig,
+def invert_to_window(backbone: Backbone, latents: torch.Tensor, config: GroundingConfig,
                      progress: bool = False) -> WindowLatents:
     """Invert a batch of latents with the unconditional prediction, keeping only the window's latents."""
-    grid = window_grid(model, config)
+    grid = window_grid(backbone, config)
     start, stop = config.window
-    alphas = model.noise_schedule.alphas_cumprod().to(latents.device)
-    uncond = model.embed_text([config.unconditional_prompt])
+    schedule = backbone.noise_schedule
+    alphas = schedule.alphas_cumprod().to(latents.device)
+    uncond = backbone.embed_text([config.unconditional_prompt])
     uncond = uncond.expand(latents.shape[0], *uncond.shape[1:])
     kept: list[torch.Tensor] = []
     latent = latents
@@ -72,25 +79,23 @@ def invert_to_window(model: LatentDiffusionModel, latents: torch.Tensor, config:
         if position >= start:
             kept.append(latent)
         if position + 1 < stop:
-            prediction = model.unet(latent, timesteps=torch.tensor([timestep], device=latent.device), context=uncond)
+            prediction = backbone.predict(latent, timestep, uncond)
             latent = inversion_step(latent, prediction, alphas[timestep], alphas[grid[position + 1]],
-                                    model.noise_schedule.prediction_type)
+                                    schedule.prediction_type)
     return WindowLatents(timesteps=tuple(grid[start:stop]), latents=torch.stack(kept))
 
 
 @torch.no_grad()
-def record_attention(model: LatentDiffusionModel, window: WindowLatents, image_index: Sequence[int],
+def record_attention(backbone: Backbone, window: WindowLatents, image_index: Sequence[int],
                      phrases: Sequence[PhraseTokens], config: GroundingConfig) -> RecordedAttention:
     """Run the conditional passes of all (image, phrase) pairs as one batch per window step."""
-    context = model.embed_text([p.phrase for p in phrases])
+    context = backbone.embed_text([p.phrase for p in phrases])
     weights = token_weights(phrases, context.shape[1])
     index = torch.as_tensor(list(image_index), dtype=torch.long)
-    with CrossAttentionRecorder(model.unet, config.cross_attention_layers, weights,
+    with CrossAttentionRecorder(backbone, config.cross_attention_layers, weights,
                                 config.normalise_each_map) as recorder:
         for timestep, latent in zip(window.timesteps, window.latents):
             batch = latent[index.to(latent.device)]
-            t = torch.tensor([timestep], device=latent.device)
-            recorder.conditional_pass(lambda: model.unet(batch, timesteps=t, context=context))  # noqa: B023
+            recorder.conditional_pass(lambda: backbone.predict(batch, timestep, context))  # noqa: B023
     return RecordedAttention(per_layer=recorder.sums, steps=recorder.steps,
                              conditional_evaluations=recorder.steps * len(phrases), peak_bytes=recorder.peak_bytes)
-

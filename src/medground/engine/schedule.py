@@ -1,48 +1,15 @@
-"""Noise schedule, timestep grids and the DDIM inversion step: pure math on tensors.
+"""Timestep grids and the DDIM inversion step: pure math on tensors.
 
-Kept in float32 exactly as MONAI's DDIMScheduler builds it, so the inverted latents agree with the
-scheduler the official code used (its ``reversed_step``) to rounding error.
+The step is MONAI's ``DDIMScheduler.reversed_step`` (what the official code ran), written out so that every
+family uses the same math; alphas come from the backbone's ``NoiseSchedule`` in float32.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
-
 import torch
 
+from medground.backbones.base import PredictionType
 from medground.errors import ConfigError
-
-PredictionType = Literal["v_prediction", "epsilon"]
-
-
-@dataclass(frozen=True)
-class NoiseSchedule:
-    """The training noise schedule of a diffusion model (betas and what the network predicts)."""
-
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
-    beta_start: float = 0.0015
-    beta_end: float = 0.0205
-    prediction_type: PredictionType = "v_prediction"
-
-    def __post_init__(self) -> None:
-        if self.beta_schedule not in ("scaled_linear", "linear"):
-            raise ConfigError(f"beta_schedule must be 'scaled_linear' or 'linear', got {self.beta_schedule!r}")
-        if self.prediction_type not in ("v_prediction", "epsilon"):
-            raise ConfigError(f"prediction_type must be 'v_prediction' or 'epsilon', got {self.prediction_type!r}")
-
-    def alphas_cumprod(self) -> torch.Tensor:
-        """Cumulative products of (1 - beta_t), float32, length ``num_train_timesteps``."""
-        n = self.num_train_timesteps
-        if self.beta_schedule == "scaled_linear":
-            betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=torch.float32) ** 2
-        else:
-            betas = torch.linspace(self.beta_start, self.beta_end, n, dtype=torch.float32)
-        return torch.cumprod(1.0 - betas, dim=0)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def inversion_timesteps(num_train_timesteps: int, inference_steps: int, spacing: str) -> list[int]:

@@ -13,6 +13,8 @@ import numpy as np
 from scipy import ndimage
 
 SIZE = 64
+VALIDATION_SEEDS = range(5_000_000, 5_000_200)
+"""Seeds for choosing a toy model's checkpoint and read-out and for the position prior; never for evaluation."""
 FINDING_KINDS = ("opacity", "nodule", "effusion", "pneumothorax", "cardiomegaly")
 ZONES = ("upper", "mid", "lower")
 

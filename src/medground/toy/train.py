@@ -1,11 +1,18 @@
-"""Train the toy LDM on phantoms: ``python -m medground.toy.train --out DIR``.
+"""Train a toy LDM on phantoms: ``python -m medground.toy.train --family monai-ldm|diffusers --out DIR``.
 
-Components are the kinds the paper's model uses and the same loader reads: a MONAI DiffusionModelUNet
-with cross-attention (v-prediction, the paper's noise schedule), a transformers CLIP text model with a
-CLIP BPE tokenizer built over the phantom vocabulary (trained jointly), and a fixed lossless
-pixel-unshuffle autoencoder (1x64x64 <-> 4x32x32, declared as such in model.json). Captions are dropped
-to the empty string with probability ``caption_dropout`` so the unconditional branch is learnt.
-Checkpoints are written as complete model directories; pick one by a grounding metric, not the loss.
+Both toys are built from the same component kinds as the real models of their family and trained through the same
+backbone seam the engine uses (``encode_images``, ``embed_text``, ``predict``); checkpoints are complete model
+directories that the common loader reads. Captions are dropped to the empty string with probability
+``caption_dropout`` so the unconditional branch is learnt. Pick a checkpoint by a grounding metric, not the loss.
+
+- ``monai-ldm`` (``toy``): MONAI ``DiffusionModelUNet`` with cross-attention at 16x16 and 8x8, v-prediction on the
+  paper's schedule, and a fixed lossless pixel-unshuffle autoencoder (1x64x64 <-> 4x32x32).
+- ``diffusers`` (``toy-sd``): a diffusers ``UNet2DConditionModel`` of the SD block layout (cross-attention at 16x16 and
+  8x8), epsilon-prediction on SD 1.x's schedule, and a small ``AutoencoderKL`` (3 channels in, 4 latent channels,
+  factor 2) trained first on the phantoms (``--autoencoder-steps``) with its latent scale set as SD's was (1 / std).
+
+Both use a CLIP text model without transformer layers (token + position embeddings and the final LayerNorm) over a
+CLIP BPE tokenizer built from the phantom vocabulary, trained jointly with the UNet.
 """
 
 from __future__ import annotations
@@ -15,16 +22,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medground.engine.schedule import NoiseSchedule
-from medground.models.components import PixelUnshuffleAutoencoder, network_class
-from medground.models.ldm import save_model_dir
-from medground.text import build_clip_tokenizer
-from medground.toy.phantoms import generate_phantom, phantom_vocabulary
+from medground.backbones.base import Backbone, NoiseSchedule
+from medground.toy.phantoms import SIZE, generate_phantom, phantom_vocabulary
+from medground.toy.tokenizer import build_clip_tokenizer
 
 TRAIN_SEED_OFFSET = 0
 """Training phantoms use seeds [0, steps * batch); validation and evaluation seeds lie far above."""
@@ -34,18 +40,39 @@ TEXT_LAYERS = 0
 its own word and the end/padding tokens carry nothing, so the UNet must read the words themselves; with
 causal layers it learnt to read the whole caption from the padding tokens, and word-level attention maps
 came out anti-correlated with the findings (measured: AUROC 0.31 at step 1200 of a 2-layer run)."""
-UNET_ARGS = {
+MONAI_UNET_ARGS = {
     "spatial_dims": 2, "in_channels": 4, "out_channels": 4, "channels": [32, 64, 96],
     "attention_levels": [False, True, True], "num_res_blocks": 1, "num_head_channels": [0, 64, 96],
     "with_conditioning": True, "cross_attention_dim": 64, "transformer_num_layers": 1,
     "norm_num_groups": 16, "norm_eps": 1e-6,
 }
-AUTOENCODER_ARGS = {"in_channels": 1, "factor": 2}
-NOISE_SCHEDULE = NoiseSchedule()  # the paper's: scaled linear 0.0015 -> 0.0205, v-prediction
+PIXEL_AUTOENCODER_ARGS = {"in_channels": 1, "factor": 2}
+SD_UNET_CONFIG = {
+    "sample_size": SIZE // 2, "in_channels": 4, "out_channels": 4, "block_out_channels": [32, 64, 96],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1,
+    "cross_attention_dim": 64, "attention_head_dim": 1, "norm_num_groups": 16,
+}
+SD_AUTOENCODER_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "layers_per_block": 1, "norm_num_groups": 16,
+    "sample_size": SIZE, "mid_block_add_attention": False,
+}
+SCHEDULES = {
+    "monai-ldm": NoiseSchedule(),  # the paper's: scaled linear 0.0015 -> 0.0205, v-prediction
+    "diffusers": NoiseSchedule(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                               prediction_type="epsilon"),  # SD 1.x
+}
+NAMES = {"monai-ldm": "toy", "diffusers": "toy-sd"}
 
 
-def build_networks(tokenizer_dir: Path, seed: int):
-    """Fresh (untrained) toy networks; also the ``untrained`` baseline of the toy evaluation."""
+def phantom_batch(first_seed: int, count: int) -> tuple[torch.Tensor, list[Any]]:
+    phantoms = [generate_phantom(s) for s in range(first_seed, first_seed + count)]
+    return torch.from_numpy(np.stack([p.image for p in phantoms]))[:, None], phantoms
+
+
+def text_parts(tokenizer_dir: Path, seed: int) -> tuple[Any, torch.nn.Module]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -56,38 +83,102 @@ def build_networks(tokenizer_dir: Path, seed: int):
         num_attention_heads=2, max_position_embeddings=TEXT_LENGTH, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    text_encoder = CLIPTextModel(text_config)
-    unet = network_class("monai.DiffusionModelUNet")(**UNET_ARGS)
-    return tokenizer, text_encoder, unet
+    return tokenizer, CLIPTextModel(text_config)
 
 
-def model_spec(extra: dict) -> dict:
-    return {
-        "name": "toy",
-        "family": "monai-ldm",
-        "autoencoder": {"class": "medground.PixelUnshuffleAutoencoder", "args": AUTOENCODER_ARGS,
-                        "note": "fixed lossless pixel-unshuffle, no weights"},
-        "unet": {"class": "monai.DiffusionModelUNet", "args": UNET_ARGS},
-        "noise_schedule": NOISE_SCHEDULE.to_dict(),
-        "latent_scale": 1.0,
-        "image_size": 64,
-        **extra,
-    }
+def build_toy(family: str, tokenizer_dir: Path, seed: int, autoencoder: torch.nn.Module | None = None,
+              latent_scale: float = 1.0) -> Backbone:
+    """A fresh (untrained) toy of ``family`` behind the seam; also the ``untrained`` baseline's architecture."""
+    tokenizer, text_encoder = text_parts(tokenizer_dir, seed)
+    if family == "monai-ldm":
+        from medground.backbones.components import PixelUnshuffleAutoencoder
+        from medground.backbones.monai import MonaiBackbone, network_class
+
+        unet = network_class("monai.DiffusionModelUNet")(**MONAI_UNET_ARGS)
+        return MonaiBackbone(PixelUnshuffleAutoencoder(**PIXEL_AUTOENCODER_ARGS), unet, text_encoder, tokenizer,
+                             SCHEDULES[family], 1.0, SIZE, NAMES[family], MONAI_UNET_ARGS)
+    if family == "diffusers":
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from medground.backbones.diffusers import DiffusersBackbone
+
+        unet = UNet2DConditionModel(**SD_UNET_CONFIG)
+        autoencoder = autoencoder if autoencoder is not None else AutoencoderKL(**SD_AUTOENCODER_CONFIG)
+        return DiffusersBackbone(autoencoder, unet, text_encoder, tokenizer, SCHEDULES[family], latent_scale, SIZE,
+                                 NAMES[family])
+    raise ValueError(f"unknown toy family {family!r}; known: {sorted(NAMES)}")
 
 
-def train(out_dir: Path, steps: int, batch_size: int, seed: int, lr: float, caption_dropout: float,
-          checkpoint_every: int) -> None:
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+def save_toy(backbone: Backbone, out_dir: Path, extra: dict[str, Any]) -> Path:
+    """A complete model directory of the toy (the format ``load_model`` reads)."""
+    spec = {"name": backbone.name, "noise_schedule": backbone.noise_schedule.to_dict(),
+            "latent_scale": backbone.latent_scale, "image_size": SIZE, **extra}
+    networks = backbone.networks()
+    if backbone.family == "monai-ldm":
+        from medground.backbones.model_dir import save_model_dir
+
+        spec.update({"family": "monai-ldm",
+                     "autoencoder": {"class": "medground.PixelUnshuffleAutoencoder", "args": PIXEL_AUTOENCODER_ARGS,
+                                     "note": "fixed lossless pixel-unshuffle, no weights"},
+                     "unet": {"class": "monai.DiffusionModelUNet", "args": MONAI_UNET_ARGS}})
+        return save_model_dir(out_dir, spec, {"unet": networks["unet"]}, networks["text_encoder"],
+                              backbone.tokenizer)
+    from medground.backbones.diffusers import save_diffusers_model
+
+    return save_diffusers_model(out_dir, spec, networks["unet"], networks["autoencoder"], networks["text_encoder"],
+                                backbone.tokenizer)
+
+
+def train_autoencoder(out_dir: Path, steps: int, batch_size: int, seed: int, lr: float = 1e-3,
+                      kl_weight: float = 1e-6) -> tuple[torch.nn.Module, float]:
+    """The toy-sd autoencoder: reconstruction (L1 + MSE) with a small KL term, as SD's VAE objective without its
+    perceptual and adversarial parts; returns it and its latent scale (1 / std of the posterior means)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    autoencoder = AutoencoderKL(**SD_AUTOENCODER_CONFIG)
+    optimiser = torch.optim.AdamW(autoencoder.parameters(), lr=lr, weight_decay=0.0)
+    log = (out_dir / "autoencoder_log.jsonl").open("a")
+    started = time.time()
+    autoencoder.train()
+    for step in range(1, steps + 1):
+        images, _ = phantom_batch(10_000_000 + (step - 1) * batch_size, batch_size)  # not the UNet's seeds
+        pixels = images.expand(-1, 3, -1, -1) * 2 - 1
+        posterior = autoencoder.encode(pixels).latent_dist
+        reconstruction = autoencoder.decode(posterior.sample()).sample
+        loss = F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels) + \
+            kl_weight * posterior.kl().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        record = {"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - started, 1)}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if step % 50 == 0:
+            print(json.dumps({"autoencoder": record}), flush=True)
+    autoencoder.eval().requires_grad_(False)
+    with torch.no_grad():
+        images, _ = phantom_batch(11_000_000, 256)
+        means = autoencoder.encode(images.expand(-1, 3, -1, -1) * 2 - 1).latent_dist.mean
+    return autoencoder, float(1.0 / means.std())
+
+
+def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr: float, caption_dropout: float,
+          checkpoint_every: int, autoencoder_steps: int = 1500) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer, text_encoder, unet = build_networks(out_dir / "tokenizer", seed)
-    autoencoder = PixelUnshuffleAutoencoder(**AUTOENCODER_ARGS)
+    autoencoder, latent_scale = None, 1.0
+    if family == "diffusers":
+        autoencoder, latent_scale = train_autoencoder(out_dir, autoencoder_steps, min(batch_size, 16), seed)
+    backbone = build_toy(family, out_dir / "tokenizer", seed, autoencoder, latent_scale)
+    unet, text_encoder = backbone.networks()["unet"], backbone.networks()["text_encoder"]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = 100
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: min(1.0, (s + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * min(s / steps, 1.0))) * 0.9 + 0.1)
     )
-    alphas = NOISE_SCHEDULE.alphas_cumprod()
+    noise_schedule = backbone.noise_schedule
+    alphas = noise_schedule.alphas_cumprod()
     generator = torch.Generator().manual_seed(seed)
     drop_rng = np.random.default_rng(seed)
     log = (out_dir / "train_log.jsonl").open("a")
@@ -95,21 +186,17 @@ def train(out_dir: Path, steps: int, batch_size: int, seed: int, lr: float, capt
     unet.train()
     text_encoder.train()
     for step in range(1, steps + 1):
-        first = TRAIN_SEED_OFFSET + (step - 1) * batch_size
-        phantoms = [generate_phantom(s) for s in range(first, first + batch_size)]
-        images = torch.from_numpy(np.stack([p.image for p in phantoms]))[:, None]
+        images, phantoms = phantom_batch(TRAIN_SEED_OFFSET + (step - 1) * batch_size, batch_size)
         captions = ["" if drop_rng.random() < caption_dropout else p.caption for p in phantoms]
         with torch.no_grad():
-            latents = autoencoder.encode(images)[0]
-        ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
-                        return_tensors="pt").input_ids
-        context = text_encoder(ids)[0]
-        t = torch.randint(0, NOISE_SCHEDULE.num_train_timesteps, (batch_size,), generator=generator)
+            latents = backbone.encode_images(images)
+        context = backbone.embed_text(captions)
+        t = torch.randint(0, noise_schedule.num_train_timesteps, (batch_size,), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        target = a.sqrt() * noise - (1 - a).sqrt() * latents
-        loss = F.mse_loss(unet(noisy, timesteps=t, context=context), target)
+        target = noise if noise_schedule.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * latents
+        loss = F.mse_loss(backbone.predict(noisy, t, context), target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -122,25 +209,32 @@ def train(out_dir: Path, steps: int, batch_size: int, seed: int, lr: float, capt
             print(json.dumps(record), flush=True)
         if step % checkpoint_every == 0 or step == steps:
             command = "python -m medground.toy.train " + " ".join(sys.argv[1:])
-            training = {"command": command, "seed": seed, "steps": step, "batch_size": batch_size, "lr": lr,
-                        "caption_dropout": caption_dropout, "train_phantom_seeds": [0, step * batch_size],
+            training = {"command": command, "family": family, "seed": seed, "steps": step, "batch_size": batch_size,
+                        "lr": lr, "caption_dropout": caption_dropout, "train_phantom_seeds": [0, step * batch_size],
                         "final_loss": record["loss"], "seconds": record["seconds"]}
-            save_model_dir(out_dir / "checkpoints" / f"step_{step:05d}", model_spec({"training": training}),
-                           {"unet": unet}, text_encoder.eval(), tokenizer)
+            if family == "diffusers":
+                training["autoencoder_steps"] = autoencoder_steps
+            unet.eval()
+            text_encoder.eval()
+            save_toy(backbone, out_dir / "checkpoints" / f"step_{step:05d}", {"training": training})
+            unet.train()
             text_encoder.train()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for the log and checkpoints")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the logs and checkpoints")
+    parser.add_argument("--family", choices=sorted(NAMES), default="monai-ldm")
     parser.add_argument("--steps", type=int, default=3200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--caption-dropout", type=float, default=0.15)
     parser.add_argument("--checkpoint-every", type=int, default=400)
+    parser.add_argument("--autoencoder-steps", type=int, default=1500, help="diffusers: autoencoder training steps")
     args = parser.parse_args(argv)
-    train(args.out, args.steps, args.batch_size, args.seed, args.lr, args.caption_dropout, args.checkpoint_every)
+    train(args.out, args.family, args.steps, args.batch_size, args.seed, args.lr, args.caption_dropout,
+          args.checkpoint_every, args.autoencoder_steps)
 
 
 if __name__ == "__main__":

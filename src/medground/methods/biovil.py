@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from medground.backbones.model_dir import parse_source
 from medground.datasets.base import Sample
 from medground.errors import ImageError, ModelLoadError, PhraseError, WeightsNotFoundError
 from medground.images import check_image_file
-from medground.models.ldm import parse_text_source
 
 RESIZE = 512
 """Shorter side after resizing, before the centre crop (hi-ml-multimodal's inference transform)."""
@@ -127,7 +127,7 @@ def load_biovil(variant: str = "biovil", source: str | None = None, device: str 
     from health_multimodal.vlp import ImageTextInferenceEngine
 
     spec = VARIANTS[variant]
-    parsed = parse_text_source(source or f"{spec.hub_id}@{spec.revision}")
+    parsed = parse_source(source or f"{spec.hub_id}@{spec.revision}")
     weights = _image_weights_path(spec, parsed)
     encoder_type = ImageEncoderType.RESNET50_MULTI_IMAGE if spec.multi_image else ImageEncoderType.RESNET50
     try:
@@ -151,11 +151,18 @@ class BiovilMethod:
         self.name = name
         self.engine = engine
 
+    @classmethod
+    def from_options(cls, name: str, options: Any) -> BiovilMethod:
+        """``options.biovil_weights``: hub-id[@revision] or a local copy of the repo (default: the official one)."""
+        return load_biovil(name, options.biovil_weights, options.device)
+
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
-        return [self.heatmap(sample.image_path, sample.phrase) for sample in samples]
+        return [self.heatmap(sample.image, sample.phrase) for sample in samples]
 
     def heatmap(self, image_path: str | Path, phrase: str) -> np.ndarray:
-        """float32 (H, W) of the original image."""
+        """float32 (H, W) of the original image (hi-ml-multimodal reads files only)."""
+        if not isinstance(image_path, (str, Path)):
+            raise ImageError(f"the BioViL baselines read image files; got {type(image_path).__name__}")
         self._check_phrase(phrase)
         with _himl_readable(Path(image_path)) as readable:
             similarity = self.engine.get_similarity_map_from_raw_data(readable, phrase)

@@ -1,8 +1,7 @@
-"""Random-weight models with the real architectures, built locally (no download).
+"""Random-weight models with the real architectures, built locally (no download), for the tests and benchmarks.
 
-Used by the tests, the benchmarks and the demo's fallback: the paper's layout (MONAI AutoencoderKL,
-DiffusionModelUNet with attention at the two deepest levels, one head per layer, a CLIP text model
-and a CLIP BPE tokenizer) with every width divided by ``width_divisor``.
+MONAI: the paper's layout (AutoencoderKL, DiffusionModelUNet with attention at the two deepest levels, one head per
+layer, a CLIP text model and a CLIP BPE tokenizer) with every width divided by ``width_divisor``.
 """
 
 from __future__ import annotations
@@ -12,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from medground.models.components import network_class
-from medground.models.ldm import save_model_dir
-from medground.models.monai_ldm import (
+from medground.backbones.model_dir import save_model_dir
+from medground.backbones.monai import network_class
+from medground.backbones.monai_convert import (
     PAPER_AUTOENCODER_ARGS,
     PAPER_IMAGE_SIZE,
     PAPER_LATENT_SCALE,
     PAPER_NOISE_SCHEDULE,
     PAPER_UNET_ARGS,
 )
-from medground.text import build_clip_tokenizer
+from medground.toy.tokenizer import build_clip_tokenizer
 
 REPORT_CORPUS = (
     "small left pleural effusion. large right pleural effusion with adjacent atelectasis. "

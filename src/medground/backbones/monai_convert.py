@@ -9,7 +9,6 @@ parameter filled), since that method alone silently keeps random values for keys
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from medground.engine.schedule import NoiseSchedule
+from medground.backbones.base import NoiseSchedule
+from medground.backbones.model_dir import parse_source, save_model_dir, sha256_of, text_part_folder
+from medground.backbones.monai import network_class
 from medground.errors import ModelLoadError, WeightsNotFoundError
-from medground.models.components import network_class
-from medground.models.ldm import parse_text_source, save_model_dir, text_part_folder
 
 PAPER_AUTOENCODER_ARGS: dict[str, Any] = {
     "spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [64, 128, 128, 128],
@@ -40,14 +39,6 @@ PAPER_LATENT_SCALE = 0.3
 PAPER_IMAGE_SIZE = 512
 PAPER_DATA_TERMS = ("Weights trained on MIMIC-CXR: use is bound by the PhysioNet Credentialed Health Data "
                     "License 1.5.0 and the MIMIC-CXR data use agreement.")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_old_checkpoint(network: nn.Module, path: Path) -> None:
@@ -94,7 +85,7 @@ def convert_monai_ldm(autoencoder_path: Path, unet_path: Path, text_encoder: str
     unet = network_class("monai.DiffusionModelUNet")(**unet_args)
     load_old_checkpoint(autoencoder, Path(autoencoder_path))
     load_old_checkpoint(unet, Path(unet_path))
-    source = parse_text_source(text_encoder)
+    source = parse_source(text_encoder)
     text_model = tokenizer = None
     text_entries: dict[str, Any] = {}
     if "path" in source:

@@ -1,0 +1,1 @@
+"""Model families behind one seam (``base.Backbone``), the model directory format and the loader."""

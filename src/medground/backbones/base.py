@@ -1,0 +1,221 @@
+"""The backbone seam: what the engine, the read-out and the Grounder need from a latent diffusion model.
+
+A family module (``monai``, ``diffusers``) implements :class:`Backbone` for one kind of network code; nothing
+outside the family modules knows a UNet's call convention, an autoencoder's encode API or how attention
+probabilities are reached. ``model.json``'s ``family`` picks the implementation through :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from medground.errors import ConfigError, ModelLoadError
+
+PredictionType = Literal["v_prediction", "epsilon"]
+AttentionSink = Callable[[str, torch.Tensor], None]
+"""Called inside a pass with (module path, probabilities of shape (batch, heads, queries, keys))."""
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """The training noise schedule of a diffusion model: its betas and what the network predicts."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0205
+    prediction_type: PredictionType = "v_prediction"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
+            raise ModelLoadError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
+        if self.beta_schedule not in ("scaled_linear", "linear"):
+            raise ModelLoadError(f"beta_schedule must be 'scaled_linear' or 'linear', got {self.beta_schedule!r}")
+        if self.prediction_type not in ("v_prediction", "epsilon"):
+            raise ModelLoadError(f"prediction_type must be 'v_prediction' or 'epsilon', got {self.prediction_type!r}")
+        for key in ("beta_start", "beta_end"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0 < value < 1 or not math.isfinite(value):
+                raise ModelLoadError(f"{key} must be a number in (0, 1), got {value!r}")
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """Cumulative products of (1 - beta_t), float32, built as MONAI's and diffusers' DDIM schedulers do."""
+        n = self.num_train_timesteps
+        if self.beta_schedule == "scaled_linear":
+            betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, n, dtype=torch.float32) ** 2
+        else:
+            betas = torch.linspace(self.beta_start, self.beta_end, n, dtype=torch.float32)
+        return torch.cumprod(1.0 - betas, dim=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backbone(ABC):
+    """A frozen text-to-image LDM as the grounding engine sees it.
+
+    Images enter as (B, 1, S, S) float tensors in [0, 1]; latents leave scaled and ready for the UNet. Text is
+    embedded padded to ``max_text_length`` with no attention mask unless the family's recipe says otherwise.
+    """
+
+    family: ClassVar[str]
+    default_grounding: ClassVar[dict[str, Any]] = {}
+    """The family's read-out defaults (layers, grid, window, smoothing), before the model directory's own."""
+
+    def __init__(self, name: str, tokenizer: Any, noise_schedule: NoiseSchedule, image_size: int,
+                 description: dict[str, Any]) -> None:
+        self.name = name
+        self.tokenizer = tokenizer
+        self.noise_schedule = noise_schedule
+        self.image_size = image_size
+        self.description = description
+
+    # --- the networks -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """The torch modules of this model by part name (``unet``, ``autoencoder``, ``text_encoder``)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.networks()["unet"].parameters()).device
+
+    def to(self, device: torch.device | str) -> Backbone:
+        for network in self.networks().values():
+            network.to(device)
+        return self
+
+    @property
+    def max_text_length(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    # --- the operations the engine uses ---------------------------------------------------------------------
+    @abstractmethod
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) in [0, 1] -> scaled latents: the posterior mean times the latent scale (never a sample)."""
+
+    @abstractmethod
+    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts padded to ``max_text_length`` -> the hidden states the UNet attends to, (B, L, D)."""
+
+    @abstractmethod
+    def predict(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
+        """The UNet's output (epsilon or v, see ``noise_schedule``) at one timestep shared by the batch."""
+
+    @abstractmethod
+    def attention_layers(self, kind: Literal["cross", "self"] = "cross") -> list[str]:
+        """Module paths of the text cross-attention (``attn2``) or self-attention (``attn1``) layers, in order."""
+
+    @abstractmethod
+    def _install_capture(self, paths: Sequence[str], sink: AttentionSink) -> Callable[[], None]:
+        """Make ``paths`` compute explicit probabilities and hand them to ``sink``; return the undo."""
+
+    # --- shared behaviour ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def capture(self, paths: Sequence[str], sink: AttentionSink) -> Iterator[None]:
+        """Within the block, each layer in ``paths`` calls ``sink(path, probabilities)`` during every pass.
+
+        Every other attention layer keeps its fused kernel. An exception raised by ``sink`` propagates out of the
+        pass, which is how the engine stops a conditional pass after the last layer it records. On exit the model
+        is exactly as before.
+        """
+        self.check_layers(paths)
+        undo = self._install_capture(list(paths), sink)
+        try:
+            yield
+        finally:
+            undo()
+
+    def check_layers(self, paths: Sequence[str], kind: Literal["cross", "self"] = "cross") -> None:
+        available = self.attention_layers(kind)
+        missing = [path for path in paths if path not in available]
+        if missing:
+            raise ConfigError(f"attention layers {missing} are not {kind}-attention layers of model {self.name!r}; "
+                              f"its layers are {available}")
+
+    def self_attention_of(self, cross_path: str) -> str:
+        """The self-attention layer in the same transformer block as cross-attention layer ``cross_path``."""
+        if not cross_path.endswith("attn2"):
+            raise ConfigError(f"{cross_path!r} is not a cross-attention (attn2) path")
+        path = cross_path[: -len("attn2")] + "attn1"
+        self.check_layers([path], "self")
+        return path
+
+    @property
+    def latent_side(self) -> int:
+        """Side of the latent grid for the model's input size (found by encoding one blank image, once)."""
+        if not hasattr(self, "_latent_side"):
+            with torch.no_grad():
+                blank = torch.zeros(1, 1, self.image_size, self.image_size, device=self.device)
+                self._latent_side = int(self.encode_images(blank).shape[-1])
+        return self._latent_side
+
+    def untrained(self, seed: int) -> Backbone:
+        """The same architecture with fresh random weights in the UNet and the text encoder (autoencoder and
+        tokenizer kept): the control that shows what training contributes."""
+        torch.manual_seed(seed)
+        clone = copy.copy(self)
+        clone.unet = self.fresh_unet().to(self.device).eval().requires_grad_(False)
+        encoder = self.text_encoder
+        clone.text_encoder = type(encoder)(encoder.config).to(self.device).eval().requires_grad_(False)
+        clone.name = f"{self.name}-untrained-{seed}"
+        clone.__dict__.pop("_grid_sides", None)
+        return clone
+
+    @abstractmethod
+    def fresh_unet(self) -> nn.Module:
+        """A randomly initialised UNet of this model's architecture."""
+
+    def attention_grid_sides(self) -> dict[str, int]:
+        """Side of each cross-attention layer's square query grid, from one pass on a blank image (once)."""
+        if not hasattr(self, "_grid_sides"):
+            sides: dict[str, int] = {}
+
+            def sink(path: str, probabilities: torch.Tensor) -> None:
+                sides[path] = math.isqrt(probabilities.shape[2])
+
+            blank = torch.zeros(1, 1, self.image_size, self.image_size, device=self.device)
+            with torch.no_grad(), self.capture(self.attention_layers(), sink):
+                self.predict(self.encode_images(blank), 0, self.embed_text([""]))
+            self._grid_sides = sides
+        return self._grid_sides
+
+    def layers_at_quarter_resolution(self) -> list[str]:
+        """Cross-attention layers whose grid is a quarter of the latent's side (16x16 for a 64x64 latent)."""
+        quarter = self.latent_side // 4
+        layers = [path for path, side in self.attention_grid_sides().items() if side == quarter]
+        if not layers:
+            raise ConfigError(f"model {self.name!r} has no cross-attention layer at {quarter}x{quarter}; name the "
+                              f"layers (cross_attention_layers) from {self.attention_layers()}")
+        return layers
+
+    def grounding_defaults(self) -> dict[str, Any]:
+        """The family's read-out defaults with the model directory's ``grounding_defaults`` on top."""
+        return {**self.family_defaults(), **self.description.get("grounding_defaults", {})}
+
+    def family_defaults(self) -> dict[str, Any]:
+        return dict(self.default_grounding)
+
+
+FAMILIES: dict[str, str] = {
+    "monai-ldm": "medground.backbones.monai:MonaiBackbone",
+    "diffusers": "medground.backbones.diffusers:DiffusersBackbone",
+}
+"""``model.json`` ``family`` -> implementing class (imported on first use, so a family's library is only needed
+when one of its models is loaded). Adding a family = one module + one entry here."""
+
+
+def family_class(family: object, where: str) -> type[Backbone]:
+    if family not in FAMILIES:
+        raise ModelLoadError(f"{where}: unknown model family {family!r}; known: {sorted(FAMILIES)}")
+    module_name, _, class_name = FAMILIES[str(family)].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

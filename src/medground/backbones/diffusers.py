@@ -1,0 +1,313 @@
+"""The diffusers family: ``UNet2DConditionModel`` + ``AutoencoderKL`` (Stable Diffusion 1.x/2.x, RoentGen, RoentGen-v2,
+Generate-to-Ground's CXR-BERT LDM, RadEdit), with a CLIP or BERT-family text encoder.
+
+Images: grayscale replicated to the autoencoder's input channels and mapped to [-1, 1] as the SD image processor
+does; latent = ``latent_dist.mean * scaling_factor``. Text: the last hidden state, padded to the tokenizer's length;
+BERT encoders (G2G) may take an attention mask, as G2G feeds them. The schedule's betas and prediction type come from
+``scheduler/scheduler_config.json``. Capture installs a processor on each chosen attention module that computes the
+probabilities explicitly, hands them over, and is removed again; every other module keeps its fused processor.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from medground.backbones.base import AttentionSink, Backbone, NoiseSchedule
+from medground.backbones.model_dir import (
+    MODEL_FILE,
+    PIPELINE_FILE,
+    check_finite,
+    inside,
+    load_state_strict,
+    load_text_part,
+    read_json_object,
+    read_safetensors,
+    spec_image_size,
+    spec_latent_scale,
+    spec_noise_schedule,
+)
+from medground.errors import ModelLoadError, WeightsNotFoundError
+
+NETWORKS = {"unet": "UNet2DConditionModel", "autoencoder": "AutoencoderKL"}
+"""The diffusers classes this family builds (from their ``config.json``); nothing else is instantiated."""
+PIPELINE_FOLDERS = {"unet": "unet", "autoencoder": "vae"}
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                "diffusion_pytorch_model.bin")
+TEXT_CLASSES = {"CLIPTextModel": "transformers.CLIPTextModel", "CLIPTextModelWithProjection": None,
+                "BertModel": "transformers.BertModel", "CXRBertModel": "transformers.BertModel"}
+"""Text encoder classes a pipeline may name -> the class medground loads (CXR-BERT's remote-code class is a BERT whose
+first output is the last hidden state, which ``BertModel`` gives without running remote code)."""
+TOKENIZER_CLASSES = {"CLIPTokenizer": "transformers.CLIPTokenizer", "CLIPTokenizerFast": "transformers.CLIPTokenizer",
+                     "BertTokenizer": "transformers.BertTokenizer", "BertTokenizerFast": "transformers.BertTokenizer",
+                     "CXRBertTokenizer": "transformers.BertTokenizer"}
+
+
+class DiffusersBackbone(Backbone):
+    family = "diffusers"
+    default_grounding = {"inference_steps": 300, "gaussian_sigma": 2.5}
+
+    def __init__(self, autoencoder: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any,
+                 noise_schedule: NoiseSchedule, latent_scale: float, image_size: int, name: str,
+                 text_attention_mask: bool = False, description: dict[str, Any] | None = None) -> None:
+        super().__init__(name, tokenizer, noise_schedule, image_size, description or {})
+        self.autoencoder = autoencoder
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.latent_scale = latent_scale
+        self.text_attention_mask = text_attention_mask
+
+    @classmethod
+    def from_spec(cls, model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None
+                  ) -> DiffusersBackbone:
+        where = str(model_dir / MODEL_FILE)
+        autoencoder = load_network(model_dir, spec, "autoencoder")
+        factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)
+        text_entry = spec.get("text_encoder") if isinstance(spec.get("text_encoder"), dict) else {}
+        return cls(
+            autoencoder=autoencoder,
+            unet=load_network(model_dir, spec, "unet"),
+            text_encoder=load_text_part(model_dir, spec, "text_encoder", text_source),
+            tokenizer=load_text_part(model_dir, spec, "tokenizer", text_source),
+            noise_schedule=spec_noise_schedule(spec.get("noise_schedule"), where),
+            latent_scale=spec_latent_scale(spec, where),
+            image_size=spec_image_size(spec, where, factor),
+            name=str(spec.get("name", model_dir.name)),
+            text_attention_mask=bool(text_entry.get("attention_mask", False)),
+            description=spec,
+        )
+
+    def fresh_unet(self) -> nn.Module:
+        return type(self.unet).from_config(self.unet.config)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet, "autoencoder": self.autoencoder, "text_encoder": self.text_encoder}
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device)
+        channels = self.autoencoder.config.in_channels
+        pixels = images.expand(-1, channels, -1, -1) * 2.0 - 1.0
+        return self.autoencoder.encode(pixels).latent_dist.mean * self.latent_scale
+
+    def embed_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_text_length,
+                                truncation=True, return_tensors="pt")
+        ids = tokens.input_ids.to(self.device)
+        if not self.text_attention_mask:
+            return self.text_encoder(ids)[0]
+        # G2G masks the padding of its prompts; diffusers encodes the empty null prompt unmasked (every position)
+        mask = tokens.attention_mask.clone()
+        mask[[i for i, prompt in enumerate(prompts) if prompt == ""]] = 1
+        return self.text_encoder(ids, attention_mask=mask.to(self.device))[0]
+
+    def predict(self, latents: torch.Tensor, timestep: int | torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        timesteps = torch.as_tensor(timestep, device=latents.device).reshape(-1)
+        return self.unet(latents, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+
+    def attention_layers(self, kind: Literal["cross", "self"] = "cross") -> list[str]:
+        from diffusers.models.attention_processor import Attention
+
+        suffix = "attn2" if kind == "cross" else "attn1"
+        return [name for name, module in self.unet.named_modules()
+                if name.endswith(suffix) and isinstance(module, Attention)]
+
+    def family_defaults(self) -> dict[str, Any]:
+        """Every cross-attention layer whose grid is 16x16 for a 64x64 latent (SD: down_blocks.2, up_blocks.1)."""
+        return {**self.default_grounding, "cross_attention_layers": self.layers_at_quarter_resolution()}
+
+    def _install_capture(self, paths: Sequence[str], sink: AttentionSink) -> Callable[[], None]:
+        saved = []
+        for path in paths:
+            module = self.unet.get_submodule(path)
+            saved.append((module, module.get_processor()))
+            module.set_processor(_CapturingProcessor(path, sink))
+
+        def undo() -> None:
+            for module, processor in saved:
+                module.set_processor(processor)
+
+        return undo
+
+
+class _CapturingProcessor:
+    """Explicit attention (the math of diffusers' ``AttnProcessor``) that hands its probabilities to a sink."""
+
+    def __init__(self, path: str, sink: AttentionSink) -> None:
+        self.path = path
+        self.sink = sink
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        spatial_shape = None
+        if hidden_states.ndim == 4:
+            spatial_shape = hidden_states.shape
+            batch, channels = spatial_shape[:2]
+            hidden_states = hidden_states.view(batch, channels, -1).transpose(1, 2)
+        batch, length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, length, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        probabilities = attn.get_attention_scores(query, key, attention_mask)
+        self.sink(self.path, probabilities.reshape(-1, attn.heads, *probabilities.shape[1:]))
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probabilities, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if spatial_shape is not None:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(spatial_shape)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+def network_class(part: str) -> type[nn.Module]:
+    import diffusers
+
+    return getattr(diffusers, NETWORKS[part])
+
+
+def load_network(model_dir: Path, spec: dict[str, Any], part: str) -> nn.Module:
+    """The ``part`` network of a model directory (its ``path`` entry names the component folder)."""
+    where = f"{model_dir / MODEL_FILE} [{part}]"
+    entry = spec.get(part)
+    if not isinstance(entry, dict):
+        raise ModelLoadError(f"{where}: missing or not an object")
+    return load_component(inside(model_dir, entry.get("path"), where), part)
+
+
+def load_component(folder: Path, part: str) -> nn.Module:
+    """Build ``UNet2DConditionModel`` / ``AutoencoderKL`` from the folder's ``config.json`` and load its weights
+    strictly (every parameter filled, no key left over, finite values)."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise WeightsNotFoundError(f"{part} config not found: {config_path}")
+    config = read_json_object(config_path)
+    expected = NETWORKS[part]
+    if config.get("_class_name") != expected:
+        raise ModelLoadError(f"{config_path}: _class_name is {config.get('_class_name')!r}; the diffusers family "
+                             f"loads {expected} here")
+    try:
+        network = network_class(part).from_config(config)
+    except (TypeError, ValueError, KeyError, AssertionError, IndexError, AttributeError) as exc:
+        raise ModelLoadError(f"{config_path} does not describe a buildable {expected}: {type(exc).__name__}: "
+                             f"{exc}") from exc
+    weights, origin = read_weights(folder)
+    load_state_strict(network, weights, origin)
+    return network.eval().requires_grad_(False)
+
+
+def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights of a diffusers component folder: one safetensors file, a sharded set, or a legacy ``.bin`` (read
+    with ``weights_only``, never unpickling code)."""
+    single, index, legacy = (folder / name for name in WEIGHT_FILES)
+    if single.is_file():
+        return read_safetensors(single), str(single)
+    if index.is_file():
+        shards = read_json_object(index).get("weight_map", {})
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(shards.values())):
+            state.update(read_safetensors(inside(folder, shard, str(index))))
+        return state, str(index)
+    if legacy.is_file():
+        try:
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several kinds for corrupt or non-checkpoint files
+            raise ModelLoadError(f"cannot read {legacy} as a state dict: {exc}") from exc
+        if not isinstance(state, dict):
+            raise ModelLoadError(f"{legacy} holds a {type(state).__name__}, expected a state dict")
+        return state, str(legacy)
+    raise WeightsNotFoundError(f"no weights in {folder}: looked for {list(WEIGHT_FILES)}")
+
+
+def noise_schedule_from_scheduler(config_path: Path) -> NoiseSchedule:
+    """Betas and prediction type from a diffusers ``scheduler_config.json`` (the grid is the recipe's, not its)."""
+    config = read_json_object(config_path)
+    if config.get("trained_betas") is not None:
+        raise ModelLoadError(f"{config_path}: trained_betas are not supported (only scaled_linear and linear)")
+    if config.get("rescale_betas_zero_snr"):
+        raise ModelLoadError(f"{config_path}: rescale_betas_zero_snr is not supported")
+    values = {"num_train_timesteps": config.get("num_train_timesteps", 1000),
+              "beta_schedule": config.get("beta_schedule", "linear"), "beta_start": config.get("beta_start", 0.0001),
+              "beta_end": config.get("beta_end", 0.02), "prediction_type": config.get("prediction_type", "epsilon")}
+    return spec_noise_schedule(values, str(config_path))
+
+
+def spec_from_pipeline(folder: Path, text_attention_mask: bool | None = None) -> dict[str, Any]:
+    """The model description of a diffusers pipeline folder (``model_index.json``), built in memory."""
+    index_path = folder / PIPELINE_FILE
+    if not index_path.is_file():
+        raise WeightsNotFoundError(f"no {PIPELINE_FILE} in {folder}")
+    index = read_json_object(index_path)
+    for part, subfolder in PIPELINE_FOLDERS.items():
+        declared = index.get(subfolder)
+        if not (isinstance(declared, list) and len(declared) == 2 and declared[1] == NETWORKS[part]):
+            raise ModelLoadError(f"{index_path}: {subfolder!r} is {declared!r}; the diffusers family needs "
+                                 f"['diffusers', '{NETWORKS[part]}']")
+    text_class = _mapped(index, "text_encoder", TEXT_CLASSES, index_path)
+    tokenizer_class = _mapped(index, "tokenizer", TOKENIZER_CLASSES, index_path)
+    vae_config = read_json_object(folder / "vae" / "config.json")
+    unet_config = read_json_object(folder / "unet" / "config.json")
+    factor = 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
+    if vae_config.get("shift_factor") not in (None, 0, 0.0):
+        raise ModelLoadError(f"{folder / 'vae' / 'config.json'}: shift_factor is not supported (not an SD-1/2 VAE)")
+    bert = text_class == "transformers.BertModel"
+    mask = bert if text_attention_mask is None else text_attention_mask
+    tokenizer_entry = {"class": tokenizer_class, "source": {"path": "."}, **({"max_length": 77} if bert else {})}
+    return {
+        "family": "diffusers",
+        "name": folder.name,
+        "unet": {"path": "unet"},
+        "autoencoder": {"path": "vae"},
+        "text_encoder": {"class": text_class, "source": {"path": "."}, "attention_mask": mask},
+        "tokenizer": tokenizer_entry,
+        "noise_schedule": noise_schedule_from_scheduler(folder / "scheduler" / "scheduler_config.json").to_dict(),
+        "latent_scale": vae_config.get("scaling_factor", 0.18215),
+        "image_size": unet_config.get("sample_size", 64) * factor,
+        "grounding_defaults": {},
+        "provenance": {"pipeline": str(folder), "pipeline_class": index.get("_class_name")},
+    }
+
+
+def _mapped(index: dict[str, Any], part: str, classes: dict[str, str | None], where: Path) -> str:
+    declared = index.get(part)
+    name = declared[1] if isinstance(declared, list) and len(declared) == 2 else None
+    if classes.get(name) is None:
+        supported = sorted(k for k, v in classes.items() if v)
+        raise ModelLoadError(f"{where}: {part} is {declared!r}; supported classes: {supported}")
+    return str(classes[name])
+
+
+def save_diffusers_model(out_dir: Path, spec: dict[str, Any], unet: nn.Module, autoencoder: nn.Module,
+                         text_encoder: nn.Module, tokenizer: Any) -> Path:
+    """Write a medground model directory of this family: diffusers component folders plus ``model.json``."""
+    from medground.backbones.model_dir import MODEL_FORMAT
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_finite(unet, "unet")
+    unet.save_pretrained(out_dir / "unet")
+    autoencoder.save_pretrained(out_dir / "vae")
+    text_encoder.save_pretrained(out_dir / "text_encoder")
+    tokenizer.save_pretrained(out_dir / "tokenizer")
+    text_class = "transformers.BertModel" if "Bert" in type(text_encoder).__name__ else "transformers.CLIPTextModel"
+    tokenizer_class = "transformers.BertTokenizer" if "Bert" in type(tokenizer).__name__ else \
+        "transformers.CLIPTokenizer"
+    full = {"format": MODEL_FORMAT, "family": "diffusers", "unet": {"path": "unet"}, "autoencoder": {"path": "vae"},
+            **spec,
+            "text_encoder": {"class": text_class, "source": {"path": "."}, **spec.get("text_encoder", {})},
+            "tokenizer": {"class": tokenizer_class, "source": {"path": "."}, **spec.get("tokenizer", {})}}
+    (out_dir / MODEL_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    return out_dir

@@ -1,0 +1,316 @@
+"""The medground model directory and the one loader every family goes through.
+
+A model directory holds ``model.json`` (family, each component's class and arguments or sub-folder, the noise
+schedule, latent scale, image size, grounding defaults, provenance), the networks' weights, and the text
+encoder and tokenizer in the transformers layout (or hub ids with a pinned revision). ``load_model`` also takes a
+known name (``toy``, ``toy-sd``), a diffusers pipeline folder (``model_index.json``) and ``hub-id@revision``.
+
+Everything read from disk is checked before it is trusted: JSON types, paths that stay inside the directory,
+strict weight keys, finite weights, a usable noise schedule and latent scale. Each failure names the file and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medground.backbones.base import Backbone, NoiseSchedule, family_class
+from medground.errors import ModelLoadError, WeightsNotFoundError
+
+MODEL_FORMAT = "medground-ldm/1"
+MODEL_FILE = "model.json"
+PIPELINE_FILE = "model_index.json"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+KNOWN_MODELS: dict[str, Path] = {
+    "toy": PACKAGE_DIR / "toy" / "model",
+    "toy-sd": PACKAGE_DIR / "toy" / "model-sd",
+}
+"""Names ``load_model`` resolves without a path: the trained toy models shipped inside the package."""
+MAX_IMAGE_SIZE = 2048
+"""Larger inputs are refused: a 4096 model input ran for over 12 minutes on a CPU before its first map."""
+
+
+def load_model(path_or_name: str | Path = "toy", device: str | torch.device = "cpu",
+               text_encoder: str | None = None) -> Backbone:
+    """Load a model with strict checks: a known name (``toy``, ``toy-sd``), a medground model directory, a diffusers
+    pipeline folder (``model_index.json``) or ``hub-id[@revision]`` of a diffusers pipeline.
+
+    ``text_encoder`` overrides where the text encoder and tokenizer come from: a local folder (with
+    ``text_encoder/`` and ``tokenizer/`` subfolders, or the files directly) or ``hub-id[@revision]``.
+    """
+    device = check_device(device)
+    model_dir = resolve_model_source(path_or_name)
+    text_source = parse_source(text_encoder) if text_encoder else None
+    if (model_dir / MODEL_FILE).is_file():
+        spec = read_spec(model_dir)
+    else:
+        from medground.backbones.diffusers import spec_from_pipeline
+
+        spec = spec_from_pipeline(model_dir)
+    backbone = family_class(spec["family"], str(model_dir / MODEL_FILE)).from_spec(model_dir, spec, text_source)
+    return backbone.to(device)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N ({exc})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for but this PyTorch sees no CUDA device")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices are visible")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+    return parsed
+
+
+def resolve_model_source(path_or_name: str | Path) -> Path:
+    """A known name -> its shipped folder; an existing path -> itself; ``hub-id[@revision]`` -> the hub snapshot."""
+    if isinstance(path_or_name, str) and path_or_name in KNOWN_MODELS:
+        return KNOWN_MODELS[path_or_name]
+    path = Path(path_or_name)
+    if path.exists():
+        if not (path / MODEL_FILE).is_file() and not (path / PIPELINE_FILE).is_file():
+            raise WeightsNotFoundError(f"no {MODEL_FILE} (medground model) or {PIPELINE_FILE} (diffusers pipeline) "
+                                       f"in {path}; known model names: {sorted(KNOWN_MODELS)}")
+        return path
+    text = str(path_or_name)
+    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1 and " " not in text:
+        source = parse_source(text)
+        return hub_snapshot(source["hub_id"], source["revision"])
+    raise WeightsNotFoundError(f"no model at {path} (not a folder, a known name {sorted(KNOWN_MODELS)} or "
+                               "a hub id such as org/name@revision)")
+
+
+def parse_source(source: str) -> dict[str, str]:
+    """``DIR`` -> a local folder; ``hub-id[@revision]`` -> a hub reference (only when no such folder exists)."""
+    if Path(source).exists():
+        return {"path": str(Path(source).resolve())}
+    hub_id, _, revision = source.partition("@")
+    return {"hub_id": hub_id, "revision": revision or "main"}
+
+
+def hub_snapshot(hub_id: str, revision: str, allow_patterns: list[str] | None = None) -> Path:
+    """The local snapshot of a hub repository; offline it works from the cache, and errors name id and revision."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=allow_patterns))
+    except Exception as exc:  # the hub client raises many unrelated types for "not available"
+        raise WeightsNotFoundError(
+            f"model not available from hub id {hub_id!r} revision {revision!r}: {type(exc).__name__}: {exc}. "
+            "Download it where the hub is reachable (it is then used from the cache, also with HF_HUB_OFFLINE=1) "
+            "or pass a local folder."
+        ) from exc
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_spec(model_dir: Path) -> dict[str, Any]:
+    """``model.json`` read and checked for the keys every family needs."""
+    spec_path = model_dir / MODEL_FILE
+    spec = read_json_object(spec_path)
+    if spec.get("format") != MODEL_FORMAT:
+        raise ModelLoadError(f"{spec_path}: format is {spec.get('format')!r}, expected {MODEL_FORMAT!r}")
+    if "family" not in spec:
+        raise ModelLoadError(f"{spec_path}: no 'family' key (one of the registered model families)")
+    for key, kind in (("noise_schedule", dict), ("grounding_defaults", dict), ("name", str)):
+        if key in spec and not isinstance(spec[key], kind):
+            raise ModelLoadError(f"{spec_path}: {key!r} must be a {kind.__name__}, got {spec[key]!r}")
+    return spec
+
+
+def spec_image_size(spec: dict[str, Any], where: str, factor: int) -> int:
+    """The model's square input side: a positive multiple of the autoencoder's downsampling factor."""
+    size = spec.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % factor:
+        raise ModelLoadError(f"{where}: image_size must be a positive multiple of the autoencoder's factor {factor}, "
+                             f"got {size!r}")
+    if size > MAX_IMAGE_SIZE:
+        raise ModelLoadError(f"{where}: image_size {size} is over {MAX_IMAGE_SIZE}; one grounding would take hours "
+                             "on a CPU and tens of GB of attention memory. Use the size the model was trained at.")
+    return size
+
+
+def spec_latent_scale(spec: dict[str, Any], where: str) -> float:
+    scale = spec.get("latent_scale")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ModelLoadError(f"{where}: latent_scale must be a finite number > 0, got {scale!r}")
+    return float(scale)
+
+
+def spec_noise_schedule(values: Any, where: str) -> NoiseSchedule:
+    if not isinstance(values, dict):
+        raise ModelLoadError(f"{where}: noise_schedule must be an object, got {values!r}")
+    try:
+        return NoiseSchedule(**values)
+    except TypeError as exc:
+        raise ModelLoadError(f"{where}: noise_schedule {values}: {exc}") from None
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{where}: noise_schedule: {exc}") from None
+
+
+def inside(root: Path, relative: Any, where: str) -> Path:
+    """``root / relative``, refusing absolute paths and paths that climb out of ``root``."""
+    if not isinstance(relative, str) or not relative:
+        raise ModelLoadError(f"{where}: expected a relative path inside {root}, got {relative!r}")
+    candidate = (root / relative).resolve()
+    if Path(relative).is_absolute() or not candidate.is_relative_to(root.resolve()):
+        raise ModelLoadError(f"{where}: path {relative!r} leaves the model directory {root}")
+    return candidate
+
+
+def check_finite(named: dict[str, torch.Tensor] | nn.Module, where: str) -> None:
+    """NaN or infinite weights make blank or shifted maps without any error downstream: refuse them here."""
+    items = named.state_dict().items() if isinstance(named, nn.Module) else named.items()
+    for key, tensor in items:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelLoadError(f"{where}: weight {key!r} holds NaN or infinite values")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def load_state_strict(network: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Every parameter filled, no key left over, shapes equal, values finite."""
+    check_finite(state, where)
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ModelLoadError(f"{where} does not fit {type(network).__name__}: {exc}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(
+            f"{where} does not match {type(network).__name__}: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
+            f"(e.g. {result.unexpected_keys[:3]})")
+
+
+def build_network(cls: type[nn.Module], args: Any, where: str) -> nn.Module:
+    """Instantiate an allow-listed class; arguments that do not fit it are a ModelLoadError naming them."""
+    if not isinstance(args, dict):
+        raise ModelLoadError(f"{where}: 'args' must be an object, got {args!r}")
+    try:
+        return cls(**args)
+    except (TypeError, ValueError, AssertionError, KeyError, IndexError, ZeroDivisionError) as exc:
+        raise ModelLoadError(f"{where}: {cls.__name__}({args}) cannot be built: {type(exc).__name__}: {exc}") from exc
+
+
+TEXT_ENCODER_CLASSES = {"transformers.CLIPTextModel", "transformers.BertModel"}
+TOKENIZER_CLASSES = {"transformers.CLIPTokenizer", "transformers.BertTokenizer"}
+
+
+def text_part_folder(base: Path, part: str) -> Path:
+    """``base/part`` in the diffusers layout (``text_encoder/``, ``tokenizer/``), else ``base`` itself."""
+    return base / part if (base / part).is_dir() else base
+
+
+def load_text_part(model_dir: Path, spec: dict[str, Any], part: str, override: dict[str, str] | None) -> Any:
+    """The text encoder (frozen, checked finite) or the tokenizer named by ``spec[part]``, or by ``override``."""
+    import transformers
+
+    where = f"{model_dir / MODEL_FILE} [{part}]"
+    entry = spec.get(part)
+    if not isinstance(entry, dict):
+        raise ModelLoadError(f"{where}: missing or not an object")
+    allowed = TEXT_ENCODER_CLASSES if part == "text_encoder" else TOKENIZER_CLASSES
+    if entry.get("class") not in allowed:
+        raise ModelLoadError(f"{where}: unsupported class {entry.get('class')!r}; supported: {sorted(allowed)}")
+    cls = getattr(transformers, entry["class"].split(".", 1)[1])
+    options = {"add_pooling_layer": False} if entry["class"] == "transformers.BertModel" else {}
+    source = override or entry.get("source")
+    if not isinstance(source, dict) or not ({"path", "hub_id"} & set(source)):
+        raise ModelLoadError(f"{where}: 'source' must be {{'path': DIR}} or {{'hub_id': ID, 'revision': REV}}")
+    if "path" in source:
+        base = Path(source["path"]) if override else inside(model_dir, source["path"], where)
+        folder = text_part_folder(base, part)
+        if not folder.is_dir():
+            raise WeightsNotFoundError(f"{part} folder not found: {folder}")
+        try:
+            loaded = cls.from_pretrained(str(folder), local_files_only=True, **options, **_info(part))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load {part} from {folder}: {exc}") from exc
+        origin = str(folder)
+    else:
+        subfolder = source.get("subfolder", part)
+        try:
+            loaded = cls.from_pretrained(source["hub_id"], revision=source.get("revision", "main"),
+                                         subfolder=subfolder, **options, **_info(part))
+        except (OSError, ValueError) as exc:
+            raise WeightsNotFoundError(
+                f"{part} not available from hub id {source['hub_id']!r} revision {source.get('revision')!r} "
+                f"subfolder {subfolder!r}: {exc}. Pass a local folder instead "
+                "(load_model(..., text_encoder=DIR) or --text-encoder DIR).") from exc
+        origin = f"{source['hub_id']}@{source.get('revision', 'main')}/{subfolder}"
+    if part != "text_encoder":
+        max_length = entry.get("max_length")
+        if max_length is not None:
+            if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+                raise ModelLoadError(f"{where}: max_length must be an integer >= 3, got {max_length!r}")
+            loaded.model_max_length = max_length
+        return loaded
+    loaded, info = loaded
+    unfilled = sorted(info.get("missing_keys", [])) + sorted(str(k) for k in info.get("mismatched_keys", []))
+    if unfilled:
+        raise ModelLoadError(f"{part} from {origin} leaves {len(unfilled)} parameters unfilled or of the wrong shape "
+                             f"(e.g. {unfilled[:3]}): these weights are not for {entry['class']}")
+    check_finite(loaded, f"{part} {origin}")
+    return loaded.eval().requires_grad_(False)
+
+
+def _info(part: str) -> dict[str, bool]:
+    return {"output_loading_info": True} if part == "text_encoder" else {}
+
+
+def save_model_dir(out_dir: Path, spec: dict[str, Any], networks: dict[str, nn.Module],
+                   text_encoder: nn.Module | None = None, tokenizer: Any = None) -> Path:
+    """Write ``model.json``, one safetensors per network with weights, and the text folders if given."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"format": MODEL_FORMAT, **spec}
+    for part, network in networks.items():
+        state = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+        if state:
+            save_file(state, str(out_dir / f"{part}.safetensors"))
+            spec[part] = {**spec[part], "weights": f"{part}.safetensors"}
+    if text_encoder is not None:
+        text_encoder.save_pretrained(out_dir / "text_encoder")
+        spec["text_encoder"] = {**spec.get("text_encoder", {}), "class": f"transformers.{type(text_encoder).__name__}",
+                                "source": {"path": "."}}
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir / "tokenizer")
+        tokenizer_class = "transformers.BertTokenizer" if "Bert" in type(tokenizer).__name__ else \
+            "transformers.CLIPTokenizer"
+        spec["tokenizer"] = {**spec.get("tokenizer", {}), "class": tokenizer_class, "source": {"path": "."}}
+    (out_dir / MODEL_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    return out_dir

@@ -1,1 +1,0 @@
-"""Methods that produce a heatmap per sample without a diffusion model (position priors, BioViL)."""

@@ -1,0 +1,115 @@
+"""Run a method over a dataset: score every sample, write records as groups finish, then the summaries.
+
+Samples are cut into fixed groups before anything runs: samples of one image always fall in the same group, groups
+hold at most ``images_per_group`` images, in dataset order. A method sees a whole group at once (the LDM batches its
+inversions and phrases by group), and a group is recomputed whole when any of its samples is missing, though only
+the missing records are written. So a map never depends on where a run was interrupted: ``resume`` gives the same
+records, and the same ``summary.json``, as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medground.datasets.base import DatasetLoad, Sample
+from medground.evaluate.report import contact_sheet, summarise, summary_csv, summary_markdown
+from medground.evaluate.store import RunWriter
+from medground.metrics import auroc, box_union_mask, cnr, miou
+
+
+class GroundingMethod(Protocol):
+    name: str
+
+    def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """Original-size float maps (NaN where the method has no prediction), one per sample."""
+
+
+def plan_groups(samples: Sequence[Sample], images_per_group: int) -> list[list[Sample]]:
+    """Samples grouped by image (first-appearance order), at most ``images_per_group`` images per group."""
+    by_image: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_image.setdefault(sample.image_key, []).append(sample)
+    images = list(by_image.values())
+    return [[s for image in images[i : i + images_per_group] for s in image]
+            for i in range(0, len(images), images_per_group)]
+
+
+def score(heatmap: np.ndarray, sample: Sample, others: Sequence[Sample]) -> dict[str, Any]:
+    """The paper's metrics of one sample, whether its map is flat, and its discrimination against the other
+    findings (of other categories) on the same image."""
+    boxes = list(sample.boxes)
+    record: dict[str, Any] = {
+        "cnr": cnr(heatmap, boxes), "cnr_signed": cnr(heatmap, boxes, signed=True), "miou": miou(heatmap, boxes),
+        "auroc": auroc(heatmap, boxes), "auroc_exact": auroc(heatmap, boxes, bins=None),
+        "flat": not bool(np.nanmax(heatmap) > 0) if np.isfinite(heatmap).any() else True,
+        "discrimination": None,
+    }
+    rivals = [o for o in others if o.image_key == sample.image_key and o.category != sample.category]
+    if rivals:
+        own = np.nanmean(heatmap[box_union_mask(heatmap.shape, boxes)])
+        wins = [own > np.nanmean(heatmap[box_union_mask(heatmap.shape, list(o.boxes))]) for o in rivals]
+        record["discrimination"] = float(np.mean(wins))
+    return record
+
+
+class MemoryStore:
+    """A run kept in memory (for toy tables and sweeps that need no folder)."""
+
+    def __init__(self) -> None:
+        self._records: list[dict[str, Any]] = []
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._records)
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        self._records.extend(records)
+
+    def save_preview(self, sample_id: str, heatmap: np.ndarray) -> None:
+        pass
+
+
+def evaluate(load: DatasetLoad, method: GroundingMethod, store: RunWriter | MemoryStore, images_per_group: int = 4,
+             progress: bool = True) -> list[dict[str, Any]]:
+    """Score every sample of ``load`` not yet in ``store``; returns all records in dataset order."""
+    done = {record["id"] for record in store.records()}
+    groups = plan_groups(load.samples, images_per_group)
+    todo = sum(s.id not in done for s in load.samples)
+    with tqdm(total=todo, desc=f"{method.name} on {load.name}", disable=not progress, unit="sample") as bar:
+        for group in groups:
+            missing = [s for s in group if s.id not in done]
+            if not missing:
+                continue
+            started = time.perf_counter()
+            heatmaps = dict(zip((s.id for s in group), method.heatmaps(group)))
+            seconds = (time.perf_counter() - started) / len(group)
+            records = []
+            for sample in missing:
+                store.save_preview(sample.id, heatmaps[sample.id])
+                records.append({"id": sample.id, "category": sample.category, "phrase": sample.phrase,
+                                **score(heatmaps[sample.id], sample, group), "seconds": round(seconds, 4)})
+            store.append(records)
+            bar.update(len(missing))
+    by_id = {record["id"]: record for record in store.records()}
+    return [by_id[s.id] for s in load.samples if s.id in by_id]
+
+
+def run_evaluation(load: DatasetLoad, method: GroundingMethod, writer: RunWriter, run_record: dict[str, Any],
+                   resume: bool = False, images_per_group: int = 4, progress: bool = True) -> dict[str, Any]:
+    """Evaluate into a run folder (resumable, one writer), then write summary.json/.md/.csv and a contact sheet."""
+    with writer.open(run_record, resume):
+        records = evaluate(load, method, writer, images_per_group, progress)
+        summary = {**summarise(records), "skipped_samples": len(load.skipped_samples),
+                   "dropped_boxes": load.dropped_boxes}
+        writer.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
+        writer.write_text("summary.md", summary_markdown(summary) + "\n")
+        writer.write_text("summary.csv", summary_csv(summary))
+        if records:
+            contact_sheet(writer.folder / "contact_sheet.png", {s.id: s for s in load.samples}, records,
+                          writer.folder / "previews")
+    return summary

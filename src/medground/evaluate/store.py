@@ -1,0 +1,213 @@
+"""A run folder on disk: ``run.json`` (settings), ``samples.jsonl`` (one record per sample), ``previews/``, summaries.
+
+Guarantees:
+- one writer per folder: an exclusive lock on ``.lock`` for as long as the writer is open (released by the OS if the
+  process dies), so a second run on the same folder fails at once instead of writing every sample twice;
+- records are appended a group at a time with one write, then flushed and fsynced: a kill loses at most the group in
+  flight, and a crash can tear only the last line, which only the writer cuts off, when it resumes;
+- reading never modifies the folder; a corrupt line anywhere but last is an error naming the file and line;
+- no symlink is followed: a folder or file that is a link is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medground.errors import RunDirError
+
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.jsonl"
+LOCK_FILE = ".lock"
+PREVIEW_SIDE = 160
+
+
+def parse_records(path: Path, text: bytes) -> tuple[list[dict[str, Any]], int]:
+    """Records of a samples file and the byte length of its intact part (a torn last line is not intact)."""
+    records, intact = [], 0
+    lines = text.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        if not line.strip():
+            if not last:
+                intact += len(line) + 1
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                raise ValueError("not a sample record")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            if last:  # no newline after it: a write the crash cut short
+                break
+            raise RunDirError(f"{path} line {number} is corrupt ({exc}); the lines after it are kept. Fix or remove "
+                              "that line by hand: medground never deletes records it cannot read") from None
+        records.append(record)
+        intact += len(line) + (0 if last else 1)
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        if record["id"] in seen:
+            raise RunDirError(f"{path} holds sample {record['id']!r} twice (records {seen[record['id']] + 1} and "
+                              f"{index + 1}); two writers must have shared this folder")
+        seen[record["id"]] = index
+    return records, intact
+
+
+def read_records(folder: Path) -> list[dict[str, Any]]:
+    """The complete records of a run folder, without touching it."""
+    path = _refuse_link(Path(folder) / SAMPLES_FILE)
+    if not path.is_file():
+        return []
+    return parse_records(path, path.read_bytes())[0]
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``run.json`` and the records of an existing run folder; RunDirError if it is not one."""
+    folder = Path(folder)
+    run_file = _refuse_link(folder / RUN_FILE)
+    if not run_file.is_file():
+        raise RunDirError(f"{folder} is not an evaluation run folder: no {RUN_FILE}")
+    try:
+        settings = json.loads(run_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{run_file} is not readable JSON: {exc}") from None
+    if not isinstance(settings, dict) or "method" not in settings:
+        raise RunDirError(f"{run_file} is not a run description (no 'method')")
+    return settings, read_records(folder)
+
+
+def _refuse_link(path: Path) -> Path:
+    if path.is_symlink():
+        raise RunDirError(f"{path} is a symbolic link; medground does not write or read runs through links")
+    return path
+
+
+def check_writable_folder(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove it can be written, before any expensive work."""
+    folder = _refuse_link(Path(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".medground-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` in one step (a crash leaves the old file or the new one, never half of one)."""
+    _refuse_link(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def preview(heatmap: np.ndarray) -> np.ndarray:
+    """A float16 copy with the longer side at most PREVIEW_SIDE, for contact sheets."""
+    step = preview_step(*heatmap.shape)
+    return heatmap[::step, ::step].astype(np.float16)
+
+
+def preview_step(height: int, width: int) -> int:
+    return max(1, int(np.ceil(max(height, width) / PREVIEW_SIDE)))
+
+
+class RunWriter:
+    """The one writer of a run folder (use as a context manager; see the module docstring)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._lock: Any = None
+
+    @contextlib.contextmanager
+    def open(self, run_record: dict[str, Any], resume: bool) -> Iterator[RunWriter]:
+        check_writable_folder(self.folder)
+        self._acquire_lock()
+        try:
+            self._start(run_record, resume)
+            yield self
+        finally:
+            self._release_lock()
+
+    def _acquire_lock(self) -> None:
+        lock_path = _refuse_link(self.folder / LOCK_FILE)
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the run's life)
+        except OSError as exc:
+            raise RunDirError(f"cannot write to {self.folder}: {exc.strerror or exc}") from None
+        try:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock on this platform: a second writer cannot be detected
+            pass
+        except OSError:
+            handle.close()
+            raise RunDirError(f"another medground run is writing to {self.folder} (it holds {lock_path}); wait for it "
+                              "or choose another --out") from None
+        self._lock = handle
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _start(self, run_record: dict[str, Any], resume: bool) -> None:
+        run_file = _refuse_link(self.folder / RUN_FILE)
+        samples = _refuse_link(self.folder / SAMPLES_FILE)
+        if run_file.is_file():
+            if not resume:
+                raise RunDirError(f"{self.folder} already holds a run; pass --resume to continue it or choose "
+                                  "another --out")
+            previous, _ = read_run(self.folder)
+            changed = sorted(k for k in set(previous) | set(run_record) if previous.get(k) != run_record.get(k))
+            if changed:
+                details = "; ".join(f"{k}: {previous.get(k)!r} -> {run_record.get(k)!r}" for k in changed[:4])
+                raise RunDirError(f"cannot resume {self.folder}: its settings differ ({details})")
+        elif samples.is_file() and samples.stat().st_size:
+            raise RunDirError(f"{samples} exists without {RUN_FILE}: not a run medground started; choose another --out")
+        if samples.is_file():  # the writer alone may cut a torn last line, and only that
+            data = samples.read_bytes()
+            _, intact = parse_records(samples, data)
+            with samples.open("r+b") as handle:
+                handle.truncate(intact)
+                if intact and not data[:intact].endswith(b"\n"):  # a whole last record that lost its newline
+                    handle.seek(intact)
+                    handle.write(b"\n")
+        write_atomic(run_file, (json.dumps(run_record, indent=2) + "\n").encode())
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_records(self.folder)
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Append records with one write, then flush and fsync."""
+        payload = "".join(json.dumps(record) + "\n" for record in records).encode()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            descriptor = os.open(self.folder / SAMPLES_FILE, flags, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot append to {self.folder / SAMPLES_FILE}: {exc.strerror or exc}") from None
+        try:
+            os.write(descriptor, payload)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def save_preview(self, sample_id: str, heatmap: np.ndarray) -> None:
+        folder = _refuse_link(self.folder / "previews")
+        folder.mkdir(exist_ok=True)
+        with open(folder / f"{sample_id}.npy", "wb") as handle:
+            np.save(handle, preview(heatmap))
+
+    def write_text(self, name: str, text: str) -> None:
+        write_atomic(self.folder / name, text.encode())

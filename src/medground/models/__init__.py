@@ -1,1 +1,0 @@
-"""Model families, the model directory format and the loader."""
