@@ -237,6 +237,17 @@ def text_part_folder(base: Path, part: str) -> Path:
 
 def load_text_part(model_dir: Path, spec: dict[str, Any], part: str, override: dict[str, str] | None) -> Any:
     """The text encoder (frozen, checked finite) or the tokenizer named by ``spec[part]``, or by ``override``."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report lists heads we drop on purpose; we check the rest
+    try:
+        return _load_text_part(model_dir, spec, part, override)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _load_text_part(model_dir: Path, spec: dict[str, Any], part: str, override: dict[str, str] | None) -> Any:
     import transformers
 
     where = f"{model_dir / MODEL_FILE} [{part}]"
