@@ -172,3 +172,30 @@ def random_g2g_sources(out: Path, seed: int = 0) -> dict[str, Path]:
     (bert / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512,
                                                             "tokenizer_class": "CXRBertTokenizer"}))
     return {"pipeline": sd15, "g2g": g2g, "cxr_bert": bert}
+
+
+def write_dicom(path: Path, pixels, photometric: str = "MONOCHROME2", bits_stored: int = 12, **tags) -> Path:
+    """A minimal uncompressed DICOM (CR image storage) with ``pixels`` (uint16, 2-D or frames) and extra ``tags``."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    pixels = np.asarray(pixels, dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        dataset.NumberOfFrames = pixels.shape[0]
+    dataset.SamplesPerPixel, dataset.BitsAllocated, dataset.BitsStored = 1, 16, bits_stored
+    dataset.HighBit, dataset.PixelRepresentation = bits_stored - 1, 0
+    dataset.PhotometricInterpretation = photometric
+    for key, value in tags.items():
+        setattr(dataset, key, value)
+    dataset.PixelData = pixels.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return Path(path)

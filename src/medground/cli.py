@@ -15,7 +15,7 @@ from typing import Any
 
 from medground.config import PRECISIONS, PRESETS
 from medground.datasets import DATASETS
-from medground.errors import ConfigError, MedgroundError
+from medground.errors import ConfigError, DatasetError, MedgroundError
 from medground.methods import METHODS
 
 PRECISION_HELP = "fp32 (exact, default) or on CUDA tf32, bf16, fp16 (faster, not exact)"
@@ -67,7 +67,7 @@ def cmd_ground(args: argparse.Namespace) -> int:
     from medground.evaluate.store import check_writable_folder
     from medground.grounder import Grounder
     from medground.images import read_image
-    from medground.outputs import output_name
+    from medground.outputs import output_name, output_path
     from medground.text import phrase_tokens
     from medground.viz import save_overlay
 
@@ -76,24 +76,26 @@ def cmd_ground(args: argparse.Namespace) -> int:
         print(f"note: {len(args.phrases) - len(phrases)} repeated phrase(s) grounded once", file=sys.stderr)
     pixels = read_image(args.image)
     check_writable_folder(args.out)
+    names = {phrase: output_name(args.image, phrase) for phrase in phrases}
+    targets = {phrase: {suffix: output_path(args.out, name + suffix) for suffix in (".npy", ".png", ".json")}
+               for phrase, name in names.items()}
     _quiet_transformers()
     model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
     for phrase in phrases:
         phrase_tokens(model.tokenizer, phrase)
     grounder = Grounder(model, args.preset, overrides=overrides_of(args), progress=True, precision=args.precision)
-    results = grounder.ground(pixels, phrases)
-    for result in results:
-        base = args.out / output_name(args.image, result.phrase)
-        np.save(base.with_suffix(".npy"), result.heatmap)
-        save_overlay(base.with_suffix(".png"), pixels, result.heatmap, result.phrase, result.boxes)
+    for result in grounder.ground(pixels, phrases):
+        target = targets[result.phrase]
+        np.save(target[".npy"], result.heatmap)
+        save_overlay(target[".png"], pixels, result.heatmap, result.phrase, result.boxes)
         record = {"image": str(args.image), "model": str(args.model), "preset": args.preset, **result.to_json()}
-        base.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+        target[".json"].write_text(json.dumps(record, indent=2) + "\n")
         top = result.boxes[0] if result.boxes else None
         if result.flat:
             where = "flat map: the attention did not vary over the image, so no region is located"
         else:
             where = f"top box x={top.x} y={top.y} w={top.w} h={top.h} score={top.score:.2f}" if top else "no region"
-        print(f"{result.phrase!r}: {where} -> {base}.{{npy,png,json}}")
+        print(f"{result.phrase!r}: {where} -> {args.out / names[result.phrase]}.{{npy,png,json}}")
     return 0
 
 
@@ -168,6 +170,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         load = load_dataset(args.dataset, args.root, args.csv)
     if args.limit:
         load.samples = load.samples[: args.limit]
+    if not load.samples:
+        raise DatasetError(f"{args.dataset}: no sample to evaluate ({len(load.skipped_samples)} skipped: no box "
+                           "inside the crop)")
     for note in load.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"{args.dataset}: {len(load.samples)} samples; skipped {len(load.skipped_samples)} with no box inside the "

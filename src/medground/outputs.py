@@ -6,6 +6,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from medground.errors import RunDirError
+
 
 def output_name(image: str | Path, phrase: str) -> str:
     """``{image stem}_{phrase slug}_{8 hex}``: the hash covers the image's full path and the exact phrase, so two
@@ -15,3 +17,11 @@ def output_name(image: str | Path, phrase: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image_text).stem)[:40] or "image"
     digest = hashlib.sha1(f"{image_text}\n{phrase}".encode()).hexdigest()[:8]
     return f"{stem}_{slug}_{digest}"
+
+
+def output_path(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing a path that is a symbolic link (writing would follow it out of the folder)."""
+    path = Path(folder) / name
+    if path.is_symlink():
+        raise RunDirError(f"{path} is a symbolic link; medground does not write through links")
+    return path

@@ -28,6 +28,8 @@ def phrase_tokens(tokenizer, phrase: str) -> PhraseTokens:
     """Tokenise ``phrase`` as the official code does and keep the positions between start and end."""
     if not isinstance(phrase, str) or not phrase.strip():
         raise PhraseError(f"phrase must be a non-empty string, got {phrase!r}")
+    if "\x00" in phrase:
+        raise PhraseError(f"phrase contains a NUL character: {phrase!r}")
     ids = tuple(tokenizer(phrase, truncation=False)["input_ids"])
     limit = tokenizer.model_max_length
     if len(ids) > limit:
@@ -38,6 +40,11 @@ def phrase_tokens(tokenizer, phrase: str) -> PhraseTokens:
     positions = tuple(range(1, len(ids) - 1))
     if not positions:
         raise PhraseError(f"phrase {phrase!r} tokenises to no tokens between the start and end tokens")
+    special = set(getattr(tokenizer, "all_special_ids", ())) & {ids[p] for p in positions}
+    if special:
+        names = tokenizer.convert_ids_to_tokens(sorted(special))
+        raise PhraseError(f"phrase {phrase!r} contains the text encoder's special tokens {names}; their attention "
+                          "is not about the phrase")
     return PhraseTokens(phrase=phrase, input_ids=ids, positions=positions)
 
 

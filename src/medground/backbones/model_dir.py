@@ -142,7 +142,22 @@ def read_spec(model_dir: Path) -> dict[str, Any]:
     for key, kind in (("noise_schedule", dict), ("grounding_defaults", dict), ("name", str)):
         if key in spec and not isinstance(spec[key], kind):
             raise ModelLoadError(f"{spec_path}: {key!r} must be a {kind.__name__}, got {spec[key]!r}")
+    check_grounding_defaults(spec.get("grounding_defaults", {}), str(spec_path))
     return spec
+
+
+def check_grounding_defaults(defaults: dict[str, Any], where: str) -> None:
+    """A model may default only model-specific settings, each valid as a preset's would be."""
+    from medground.config import MODEL_FIELDS, GroundingConfig
+    from medground.errors import ConfigError
+
+    extra = sorted(set(defaults) - set(MODEL_FIELDS))
+    if extra:
+        raise ModelLoadError(f"{where}: grounding_defaults may only set {list(MODEL_FIELDS)}; found {extra}")
+    try:
+        GroundingConfig.from_dict(defaults, "grounding_defaults")
+    except ConfigError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
 
 
 def spec_image_size(spec: dict[str, Any], where: str, factor: int) -> int:
