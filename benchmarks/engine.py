@@ -27,7 +27,7 @@ from builders import random_paper_layout  # noqa: E402
 from reference_paper import reference_heatmap  # noqa: E402
 
 from medground import Grounder, GroundingConfig, load_model  # noqa: E402
-from medground.engine.schedule import inversion_timesteps  # noqa: E402
+from medground.config import grid_timesteps  # noqa: E402
 
 IMAGE = ROOT / "tests" / "data" / "nih-mini" / "images" / "00000072_000.png"
 PHRASES = ["small left pleural effusion", "moderate cardiomegaly", "right lower lobe consolidation",
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
     report = {
         "torch_threads": torch.get_num_threads(), "width_divisor": width_divisor,
         "image_size": engine_model.image_size, "device": args.device, "precision": args.precision, "quick": args.quick,
-        "grid_steps": len(inversion_timesteps(1000, steps, config.timestep_spacing)), "window": list(window),
+        "grid_steps": len(grid_timesteps(1000, steps, config.timestep_spacing)), "window": list(window),
         "reference": {"seconds_1": ref_1, "seconds_4": ref_4,
                       "unet_evaluations_per_phrase": reference["stats"][0]["unet_evaluations"],
                       "attention_bytes_per_phrase": reference["stats"][0]["attention_bytes"]},

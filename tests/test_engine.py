@@ -9,18 +9,18 @@ from monai.networks.schedulers import DDIMScheduler
 
 from medground import Grounder, load_model
 from medground.backbones.base import NoiseSchedule
-from medground.config import GroundingConfig, preset
-from medground.engine.recorder import CrossAttentionRecorder
-from medground.engine.schedule import inversion_step, inversion_timesteps
+from medground.config import GroundingConfig, grid_timesteps, preset
+from medground.engine.recorder import AttentionRecorder
+from medground.engine.schedule import ddim_step
 from medground.errors import ConfigError
 
 
 def test_paper_grid_and_window():
-    grid = inversion_timesteps(1000, 300, "trailing")
+    grid = grid_timesteps(1000, 300, "trailing")
     assert len(grid) == 334 and grid[:3] == [0, 3, 6] and grid[-1] == 999
     assert preset("paper").with_overrides(inference_steps=300).window == (120, 180)
     assert [grid[i] for i in (120, 179)] == [360, 537]
-    assert inversion_timesteps(1000, 300, "leading")[:2] == [0, 3]
+    assert grid_timesteps(1000, 300, "leading")[:2] == [0, 3]
 
 
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
@@ -34,7 +34,7 @@ def test_inversion_step_matches_monai_reversed_step(prediction_type):
     latent, output = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     for t in (0, 360, 537):
         expected, _ = scheduler.reversed_step(output, t, latent)
-        ours = inversion_step(latent, output, alphas[t], alphas[t + 3], prediction_type)
+        ours = ddim_step(latent, output, alphas[t], alphas[t + 3], prediction_type)
         assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
 
 
@@ -47,18 +47,18 @@ def test_recorder_restores_the_model_and_rejects_unknown_layers(tiny_model_dir):
     layers = Grounder(model, "paper").config.cross_attention_layers
     latent = torch.randn(1, 3, 16, 16)
     context = model.embed_text(["effusion"])
-    with torch.no_grad(), CrossAttentionRecorder(model, layers, torch.full((1, 77), 1 / 77)) as recorder:
+    with torch.no_grad(), AttentionRecorder(model, layers, torch.full((1, 77), 1 / 77)) as recorder:
         assert all(model.unet.get_submodule(p).save_attn for p in layers)
         model.predict(latent, 3, context)  # not recorded: outside a pass
-        recorder.conditional_pass(lambda: model.predict(latent, 3, context))
-    assert set(recorder.sums) == set(layers) and recorder.steps == 1
+        recorder.record_pass(lambda: model.predict(latent, 3, context))
+    assert set(recorder.sums) == set(layers) and recorder.passes == 1
     for maps in recorder.sums.values():
         assert maps.amin() == 0 and maps.amax() == 1  # per-map min-max normalisation
     after = {p: (m.save_attn, m.use_flash_attention) for p, m in model.unet.named_modules() if p in paths}
     assert after == before
     assert all(not m._forward_hooks for m in model.unet.modules())
     with pytest.raises(ConfigError, match="are not cross-attention layers"):
-        CrossAttentionRecorder(model, ["down_blocks.9.attn2"], torch.ones(1, 77))
+        AttentionRecorder(model, ["down_blocks.9.attn2"], torch.ones(1, 77))
 
 
 def test_k_phrases_together_equal_each_alone(tiny_model_dir, nih_root):

@@ -14,17 +14,13 @@ import numpy as np
 import torch
 
 from medground.backbones.base import Backbone
-from medground.config import PRECISIONS, GroundingConfig, resolve
-from medground.engine.invert import (
-    WindowLatents,
-    invert_to_window,
-    record_attention,
-    unconditional_evaluations,
-    window_grid,
-)
+from medground.config import PRECISIONS, GroundingConfig, ModelFacts, resolve
+from medground.engine.invert import WindowLatents, unconditional_evaluations, window_latents
+from medground.engine.record import record_attention
 from medground.errors import ConfigError, ModelOutputError
 from medground.images import Geometry, ImageInput, read_image
-from medground.readout.aggregate import average_attention_maps
+from medground.readout.aggregate import average_attention_maps, upsample
+from medground.readout.bbm import merge_biases
 from medground.readout.boxes import GroundedBox, boxes_from_mask
 from medground.readout.threshold import smooth_and_threshold
 from medground.text import phrase_tokens
@@ -86,9 +82,9 @@ class Grounder:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
-        self.config = resolve(model.grounding_defaults(), config, overrides)
-        model.check_layers(self.config.cross_attention_layers)
-        window_grid(model, self.config)
+        facts = ModelFacts(model.noise_schedule.num_train_timesteps, tuple(model.attention_layers()),
+                           model.latent_side)
+        self.config = resolve(model.grounding_defaults(), config, overrides, facts)
         self.progress = progress
         self.batch_size = batch_size
         self.precision = precision
@@ -107,7 +103,8 @@ class Grounder:
         started = time.perf_counter()
         counts_before = dict(self.unet_evaluations)
         size = self.model.image_size
-        tokens = [[phrase_tokens(self.model.tokenizer, p) for p in _phrase_list(phrases)] for _, phrases in items]
+        rule = self.config.token_rule
+        tokens = [[phrase_tokens(self.model.tokenizer, p, rule) for p in _phrase_list(phrases)] for _, phrases in items]
         pixels = [read_image(image) for image, _ in items]
         geometries = [Geometry(width=p.shape[1], height=p.shape[0], size=size) for p in pixels]
         inputs = [g.to_model(p) for g, p in zip(geometries, pixels)]
@@ -121,8 +118,7 @@ class Grounder:
             recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
         self.unet_evaluations["conditional"] += recorded.conditional_evaluations
         recorded_at = time.perf_counter()
-        upsample = self.config.upsample_size or size
-        maps = average_attention_maps(recorded.per_layer, recorded.steps, upsample).numpy()
+        maps = self._activation(recorded).numpy()
         if not np.isfinite(maps).all():
             raise ModelOutputError(f"model {self.model.name!r} produced NaN or infinite attention; its weights or "
                                    "inputs are broken (no map is returned rather than a blank one)")
@@ -134,6 +130,19 @@ class Grounder:
         for row, (image_number, phrase) in enumerate(zip(image_index, flat_tokens)):
             results[image_number].append(self._finish(phrase.phrase, maps[row], geometries[image_number], timings))
         return results
+
+    def _activation(self, recorded) -> torch.Tensor:
+        """The (P, S, S) map before smoothing: the weighted mean of the recorded maps, BBM-merged if asked."""
+        config = self.config
+        side = config.upsample_size or self.model.image_size
+        if not config.bbm:
+            return average_attention_maps(recorded.per_layer, recorded.total_weight, side, config.upsample_mode,
+                                          config.layer_weights)
+        latent = self.model.latent_side
+        activation = average_attention_maps(recorded.per_layer, recorded.total_weight, latent, config.upsample_mode,
+                                            config.layer_weights)
+        merged = merge_biases(activation, recorded.image_bias, recorded.text_bias)
+        return merged if side == latent else upsample(merged, side, "bilinear")
 
     def is_cached(self, image: ImageInput) -> bool:
         """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
@@ -163,7 +172,8 @@ class Grounder:
         digest = hashlib.sha256(model_input.numpy().tobytes()).hexdigest()
         c = self.config
         return (f"{digest}|{self.model.name}|{id(self.model)}|{c.inference_steps}|{c.timestep_spacing}|"
-                f"{c.window}|{c.unconditional_prompt!r}|{self.precision}")
+                f"{c.timestep_offset}|{c.window}|{c.noising}|{c.noise_seed}|{c.bbm}|{c.unconditional_prompt!r}|"
+                f"{self.precision}")
 
     def window_latents(self, inputs: list[torch.Tensor]) -> WindowLatents:
         """Window latents of every input, from the cache or by batched inversion of the missing ones."""
@@ -174,7 +184,7 @@ class Grounder:
         for begin in range(0, len(missing), self.batch_size):
             chunk = missing[begin : begin + self.batch_size]
             batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device)
-            window = invert_to_window(self.model, self.model.encode_images(batch), self.config, self.progress)
+            window = window_latents(self.model, self.model.encode_images(batch), self.config, self.progress)
             self.unet_evaluations["unconditional"] += unconditional_evaluations(self.config) * len(chunk)
             fresh.update({key: window.select([i]) for i, key in enumerate(chunk)})
         parts = [fresh[k] if k in fresh else self._trajectories[k] for k in keys]

@@ -1,12 +1,15 @@
 """Phrases -> token ids and the token positions whose attention is averaged.
 
-The paper tokenises the phrase without padding and keeps every position between the start and end
-tokens. A phrase longer than the encoder's context is an error here (the official code silently
-truncated; MS-CXR phrases never reach the limit).
+The paper tokenises the phrase without padding and keeps every position between the start and end tokens
+(``between_special``). ``content_words`` keeps the tokens of words that are not stop words (a lexical choice in the
+spirit of Generate-to-Ground, which keeps adjectives, nouns and verbs by a part-of-speech tagger; a stop-word rule
+needs no tagger model); ``last`` keeps the last token before the end token. A phrase longer than the encoder's
+context is an error here (the official code silently truncated; MS-CXR phrases never reach the limit).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,8 +27,19 @@ class PhraseTokens:
     positions: tuple[int, ...]
 
 
-def phrase_tokens(tokenizer, phrase: str) -> PhraseTokens:
-    """Tokenise ``phrase`` as the official code does and keep the positions between start and end."""
+STOP_WORDS = frozenset((
+    "a", "an", "the", "of", "in", "on", "at", "to", "for", "with", "without", "within", "and", "or", "but", "nor",
+    "is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "do", "does", "did", "this", "that",
+    "these", "those", "there", "here", "it", "its", "as", "by", "from", "into", "onto", "upon", "near", "than",
+    "then", "also", "which", "who", "whose", "per", "vs", "versus", "no", "not", "seen", "noted", "there", "is",
+    "are", "may", "might", "can", "could", "should", "would", "will", "shall", "very", "some", "any", "each", "both",
+    "either",
+))
+"""Function words that say nothing about where a finding is (``token_rule="content_words"``)."""
+
+
+def phrase_tokens(tokenizer, phrase: str, rule: str = "between_special") -> PhraseTokens:
+    """Tokenise ``phrase`` as the official code does and keep the positions that ``rule`` selects."""
     if not isinstance(phrase, str) or not phrase.strip():
         raise PhraseError(f"phrase must be a non-empty string, got {phrase!r}")
     if "\x00" in phrase:
@@ -45,7 +59,22 @@ def phrase_tokens(tokenizer, phrase: str) -> PhraseTokens:
         names = tokenizer.convert_ids_to_tokens(sorted(special))
         raise PhraseError(f"phrase {phrase!r} contains the text encoder's special tokens {names}; their attention "
                           "is not about the phrase")
+    if rule == "last":
+        positions = positions[-1:]
+    elif rule == "content_words":
+        positions = content_word_positions(tokenizer, phrase, positions) or positions
+    elif rule != "between_special":
+        raise PhraseError(f"unknown token rule {rule!r}")
     return PhraseTokens(phrase=phrase, input_ids=ids, positions=positions)
+
+
+def content_word_positions(tokenizer, phrase: str, positions: tuple[int, ...]) -> tuple[int, ...]:
+    """Positions of tokens inside words that are not stop words (by the tokenizer's character offsets); empty when
+    the phrase has none, and the caller then keeps every token."""
+    offsets = tokenizer(phrase, truncation=False, return_offsets_mapping=True)["offset_mapping"]
+    content = [(m.start(), m.end()) for m in re.finditer(r"[^\W_]+", phrase) if m.group().lower() not in STOP_WORDS]
+    return tuple(p for p in positions
+                 if any(start < offsets[p][1] and offsets[p][0] < end for start, end in content))
 
 
 def token_weights(tokens: Sequence[PhraseTokens], length: int) -> torch.Tensor:

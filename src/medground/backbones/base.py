@@ -128,7 +128,10 @@ class Backbone(ABC):
         pass, which is how the engine stops a conditional pass after the last layer it records. On exit the model
         is exactly as before.
         """
-        self.check_layers(paths)
+        known = set(self.attention_layers("cross")) | set(self.attention_layers("self"))
+        unknown = [path for path in paths if path not in known]
+        if unknown:
+            raise ConfigError(f"{unknown} are not attention layers of model {self.name!r}")
         undo = self._install_capture(list(paths), sink)
         try:
             yield

@@ -1,7 +1,9 @@
-"""DDIM inversion that runs only the work the recorded window needs, on any backbone.
+"""The latents at the recorded grid positions, by DDIM inversion (the paper) or by forward noising (G2G).
 
-The unconditional trajectory (guidance 0) is shared by every phrase of an image and stops at the end
-of the window; conditional passes run only inside the window, one batch for all phrases.
+Inversion runs only the work the window needs: the unconditional trajectory (guidance 0) is shared by every phrase
+of an image and stops at the end of the window. Forward noising runs no network at all: each recorded position gets
+the clean latent noised to its timestep with noise drawn from ``noise_seed`` and the position alone, so an image's
+latents never depend on which other images share its batch.
 """
 
 from __future__ import annotations
@@ -13,16 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from medground.backbones.base import Backbone
-from medground.config import GroundingConfig
-from medground.engine.recorder import CrossAttentionRecorder
-from medground.engine.schedule import inversion_step, inversion_timesteps
-from medground.errors import ConfigError
-from medground.text import PhraseTokens, token_weights
+from medground.config import GroundingConfig, grid_timesteps
+from medground.engine.schedule import ddim_step
 
 
 @dataclass(frozen=True)
 class WindowLatents:
-    """The inverted latents at the recorded grid positions: ``latents[step, image]`` at ``timesteps[step]``."""
+    """The latents at the recorded grid positions: ``latents[step, image]`` at ``timesteps[step]``."""
 
     timesteps: tuple[int, ...]
     latents: torch.Tensor
@@ -36,37 +35,35 @@ class WindowLatents:
         return WindowLatents(parts[0].timesteps, torch.cat([p.latents for p in parts], dim=1))
 
 
-@dataclass
-class RecordedAttention:
-    """Per-layer sums of normalised phrase maps over the window, (P, h, w) each."""
-
-    per_layer: dict[str, torch.Tensor]
-    steps: int
-    conditional_evaluations: int
-    peak_bytes: int
+def grid(backbone: Backbone, config: GroundingConfig) -> list[int]:
+    return grid_timesteps(backbone.noise_schedule.num_train_timesteps, config.inference_steps,
+                          config.timestep_spacing, config.timestep_offset)
 
 
-def window_grid(backbone: Backbone, config: GroundingConfig) -> list[int]:
-    """Timesteps of the grid positions the engine must visit (0 .. window stop - 1); checks the window fits."""
-    grid = inversion_timesteps(backbone.noise_schedule.num_train_timesteps, config.inference_steps,
-                               config.timestep_spacing)
+def recorded_positions(config: GroundingConfig, grid_length: int) -> list[int]:
+    """Grid positions that get a conditional pass: the window, or every position when BBM needs its image bias."""
     start, stop = config.window
-    if stop > len(grid):
-        raise ConfigError(f"window [{start}, {stop}) runs past the {len(grid)}-step inversion grid of "
-                          f"inference_steps={config.inference_steps}")
-    return grid[:stop]
+    return list(range(grid_length)) if config.bbm else list(range(start, stop))
 
 
 def unconditional_evaluations(config: GroundingConfig) -> int:
-    """UNet evaluations per image to reach the window's last latent (positions 0 .. stop - 2)."""
-    return config.window[1] - 1
+    """UNet evaluations per image to reach the window's last latent (positions 0 .. stop - 2); none when forward."""
+    return config.window[1] - 1 if config.noising == "inversion" else 0
 
 
 @torch.no_grad()
-def invert_to_window(backbone: Backbone, latents: torch.Tensor, config: GroundingConfig,
+def window_latents(backbone: Backbone, latents: torch.Tensor, config: GroundingConfig,
+                   progress: bool = False) -> WindowLatents:
+    timesteps = grid(backbone, config)
+    positions = recorded_positions(config, len(timesteps))
+    if config.noising == "forward":
+        return forward_noised(backbone, latents, config, [timesteps[p] for p in positions])
+    return invert_to_window(backbone, latents, config, timesteps, progress)
+
+
+def invert_to_window(backbone: Backbone, latents: torch.Tensor, config: GroundingConfig, timesteps: list[int],
                      progress: bool = False) -> WindowLatents:
     """Invert a batch of latents with the unconditional prediction, keeping only the window's latents."""
-    grid = window_grid(backbone, config)
     start, stop = config.window
     schedule = backbone.noise_schedule
     alphas = schedule.alphas_cumprod().to(latents.device)
@@ -75,27 +72,28 @@ def invert_to_window(backbone: Backbone, latents: torch.Tensor, config: Groundin
     kept: list[torch.Tensor] = []
     latent = latents
     for position in tqdm(range(stop), desc="inversion", disable=not progress, leave=False):
-        timestep = grid[position]
+        timestep = timesteps[position]
         if position >= start:
             kept.append(latent)
         if position + 1 < stop:
             prediction = backbone.predict(latent, timestep, uncond)
-            latent = inversion_step(latent, prediction, alphas[timestep], alphas[grid[position + 1]],
+            latent = ddim_step(latent, prediction, alphas[timestep], alphas[timesteps[position + 1]],
                                     schedule.prediction_type)
-    return WindowLatents(timesteps=tuple(grid[start:stop]), latents=torch.stack(kept))
+    return WindowLatents(timesteps=tuple(timesteps[start:stop]), latents=torch.stack(kept))
 
 
-@torch.no_grad()
-def record_attention(backbone: Backbone, window: WindowLatents, image_index: Sequence[int],
-                     phrases: Sequence[PhraseTokens], config: GroundingConfig) -> RecordedAttention:
-    """Run the conditional passes of all (image, phrase) pairs as one batch per window step."""
-    context = backbone.embed_text([p.phrase for p in phrases])
-    weights = token_weights(phrases, context.shape[1])
-    index = torch.as_tensor(list(image_index), dtype=torch.long)
-    with CrossAttentionRecorder(backbone, config.cross_attention_layers, weights,
-                                config.normalise_each_map) as recorder:
-        for timestep, latent in zip(window.timesteps, window.latents):
-            batch = latent[index.to(latent.device)]
-            recorder.conditional_pass(lambda: backbone.predict(batch, timestep, context))  # noqa: B023
-    return RecordedAttention(per_layer=recorder.sums, steps=recorder.steps,
-                             conditional_evaluations=recorder.steps * len(phrases), peak_bytes=recorder.peak_bytes)
+def position_noise(seed: int, timestep: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """The fixed noise of one timestep, the same for every image (independent of batch composition)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + timestep)
+    return torch.randn(tuple(shape), generator=generator).to(device)
+
+
+def forward_noised(backbone: Backbone, latents: torch.Tensor, config: GroundingConfig,
+                   timesteps: list[int]) -> WindowLatents:
+    """z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps at each timestep (G2G re-noises the clean latent at every step)."""
+    alphas = backbone.noise_schedule.alphas_cumprod().to(latents.device)
+    noised = []
+    for timestep in timesteps:
+        noise = position_noise(config.noise_seed, timestep, latents.shape[1:], latents.device)
+        noised.append(alphas[timestep].sqrt() * latents + (1 - alphas[timestep]).sqrt() * noise)
+    return WindowLatents(timesteps=tuple(timesteps), latents=torch.stack(noised))

@@ -1,9 +1,11 @@
-"""Running sums of phrase-token cross-attention maps over conditional passes, for any backbone.
+"""Phrase-token cross-attention maps of chosen layers, accumulated over passes, for any backbone.
 
-The backbone's ``capture`` hands this recorder each chosen layer's probabilities during a pass. Per layer the
-phrase tokens' maps are averaged (heads uniformly, tokens by ``token_weights``), min-max normalised per map as
-the official code does, and added to a running sum: nothing per step is kept. Once the last chosen layer has
-fired, the pass is cut short, since later layers cannot change what was recorded.
+The backbone's ``capture`` hands this recorder each chosen layer's probabilities during a pass. Per layer the phrase
+tokens' maps are averaged (heads uniformly, tokens by ``token_weights``), optionally propagated through the same
+block's self-attention (map <- A^k map), min-max normalised per map as the official code does, weighted by the pass's
+step weight and added to a running sum: nothing per step is kept unless asked (``keep_steps`` for BBM's text bias,
+``bias_token`` for its image bias). With ``cut_off`` the pass stops once the last chosen layer has fired, since later
+layers cannot change what was recorded.
 """
 
 from __future__ import annotations
@@ -17,59 +19,82 @@ from medground.backbones.base import Backbone
 from medground.errors import ConfigError
 
 
-class _ConditionalPassDone(Exception):
+class _PassDone(Exception):
     """Raised from the last recorded layer to skip the rest of the UNet."""
 
 
-class CrossAttentionRecorder:
-    """Context manager that sums phrase-token attention maps of ``layers`` over conditional passes.
+class AttentionRecorder:
+    """Context manager that accumulates phrase-token attention maps of ``layers`` over passes.
 
-    ``token_weights`` is (P, L): row p averages phrase p's kept token positions. The batch of every
-    conditional pass must hold the P phrases in that order.
+    ``token_weights`` is (P, L): row p averages phrase p's kept token positions. The rows of every pass given by
+    ``rows`` hold the P phrases in that order.
     """
 
     def __init__(self, backbone: Backbone, layers: Sequence[str], token_weights: torch.Tensor,
-                 normalise_each_map: bool = True) -> None:
+                 normalise_each_map: bool = True, self_attention_power: int = 0, keep_steps: bool = False,
+                 bias_token: int | None = None) -> None:
         backbone.check_layers(layers)
-        self.backbone = backbone
         self.layers = tuple(layers)
         self.token_weights = token_weights
         self.normalise_each_map = normalise_each_map
+        self.power = self_attention_power
+        self.self_layers = {backbone.self_attention_of(path): path for path in self.layers} if self.power else {}
         self.sums: dict[str, torch.Tensor] = {}
-        self.steps = 0
+        """Per layer, the step-weighted sum of the (refined, normalised) maps, (P, side, side)."""
+        self.steps: dict[str, list[torch.Tensor]] = {path: [] for path in self.layers} if keep_steps else {}
+        """Per layer and pass, the raw token-averaged maps (``keep_steps``)."""
+        self.bias: dict[str, list[torch.Tensor]] = {path: [] for path in self.layers} if bias_token is not None else {}
+        """Per layer and pass, the raw maps of token ``bias_token`` (``bias_token``)."""
+        self.bias_token = bias_token
+        self.passes = 0
+        self.total_weight = 0.0
         self.peak_bytes = 0
-        """Largest memory held for recorded attention: the running sums plus one layer's probabilities."""
+        """Largest memory held for recorded attention: what is kept plus one layer's probabilities."""
+        self._rows = slice(None)
+        self._weight = 1.0
         self._recording = False
+        self._cut_off = True
         self._fired = 0
-        self._capture = backbone.capture(self.layers, self._sink)
+        self._affinity: dict[str, torch.Tensor] = {}
+        self._capture = backbone.capture([*self.self_layers, *self.layers], self._sink)
 
-    def __enter__(self) -> CrossAttentionRecorder:
+    def __enter__(self) -> AttentionRecorder:
         self._capture.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._capture.__exit__(*exc_info)
 
-    def conditional_pass(self, run_unet: Callable[[], object]) -> None:
-        """Run one conditional UNet pass and add its maps; the pass stops after the last recorded layer."""
+    def record_pass(self, run_unet: Callable[[], object], weight: float = 1.0, rows: slice = slice(None),
+                    cut_off: bool = True) -> object:
+        """Run one pass and record the phrases in ``rows`` of its batch; returns the pass's output (None if cut)."""
+        self._rows, self._weight, self._cut_off = rows, weight, cut_off
         self._recording, self._fired = True, 0
+        output = None
         try:
-            run_unet()
-        except _ConditionalPassDone:
+            output = run_unet()
+        except _PassDone:
             pass
         finally:
             self._recording = False
+            self._affinity.clear()
         if self._fired != len(self.layers):
             raise RuntimeError(f"only {self._fired} of {len(self.layers)} recorded layers ran in the pass")
-        self.steps += 1
+        self.passes += 1
+        self.total_weight += weight
+        return output
 
     def _sink(self, path: str, probabilities: torch.Tensor) -> None:
         if not self._recording:
             return
+        probabilities = probabilities[self._rows]
+        if path in self.self_layers:  # a self-attention layer fires before its block's cross-attention
+            self._affinity[self.self_layers[path]] = probabilities.float().mean(dim=1)
+            return
         self._add(path, probabilities)
         self._fired += 1
-        if self._fired == len(self.layers):
-            raise _ConditionalPassDone
+        if self._cut_off and self._fired == len(self.layers):
+            raise _PassDone
 
     def _add(self, path: str, probabilities: torch.Tensor) -> None:
         # probabilities: (P, heads, queries, tokens) -> heads and the phrase's tokens averaged -> (P, queries)
@@ -78,11 +103,22 @@ class CrossAttentionRecorder:
         side = math.isqrt(maps.shape[1])
         if side * side != maps.shape[1]:
             raise ConfigError(f"layer {path} attends over {maps.shape[1]} positions, not a square grid")
+        if self.steps:
+            self.steps[path].append(maps.reshape(-1, side, side).cpu())
+        if self.bias:
+            token_map = probabilities[..., self.bias_token].float().mean(dim=1)
+            self.bias[path].append(token_map.reshape(-1, side, side).cpu())
+        for _ in range(self.power):  # (A^k m)_i = sum_j A_ij (A^(k-1) m)_j, A row-stochastic over keys j
+            maps = torch.einsum("pij,pj->pi", self._affinity[path], maps)
         maps = maps.reshape(-1, side, side)
         if self.normalise_each_map:
             low = maps.amin(dim=(1, 2), keepdim=True)
             span = maps.amax(dim=(1, 2), keepdim=True) - low
             maps = torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-        self.sums[path] = self.sums[path] + maps if path in self.sums else maps
+        if self._weight:
+            weighted = maps * self._weight
+            self.sums[path] = self.sums[path] + weighted if path in self.sums else weighted
         held = sum(t.numel() * t.element_size() for t in self.sums.values())
+        held += sum(t.numel() * t.element_size() for kept in (*self.steps.values(), *self.bias.values())
+                    for t in kept)
         self.peak_bytes = max(self.peak_bytes, held + probabilities.numel() * probabilities.element_size())

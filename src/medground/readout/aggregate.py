@@ -1,21 +1,30 @@
-"""Recorded attention sums -> one map per phrase in the model's square (before smoothing).
+"""Recorded attention sums -> one map per phrase in a square (before smoothing).
 
-Per layer the sum of per-step normalised maps is bilinearly upsampled (align_corners False) and the
-layers are averaged; since resizing is linear, this equals the official per-step resize-then-mean.
+Per layer the step-weighted sum of the per-step maps is upsampled (bilinear, align_corners False, or nearest) and the
+layers are averaged with their weights; since resizing is linear, this equals the official per-step resize-then-mean.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def average_attention_maps(per_layer: dict[str, torch.Tensor], steps: int, size: int) -> torch.Tensor:
-    """(P, h, w) sums per layer over ``steps`` -> (P, size, size) mean over layers and steps."""
-    if not per_layer or steps < 1:
+def upsample(maps: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """(P, h, w) -> (P, size, size)."""
+    options = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(maps[:, None].float().cpu(), size=(size, size), mode=mode, **options)[:, 0]
+
+
+def average_attention_maps(per_layer: dict[str, torch.Tensor], total_weight: float, size: int,
+                           mode: str = "bilinear", layer_weights: Sequence[float] | None = None) -> torch.Tensor:
+    """(P, h, w) step-weighted sums per layer -> (P, size, size) weighted mean over layers and steps."""
+    if not per_layer or not total_weight > 0:
         raise ValueError("no attention was recorded: the window or the layer list is empty")
+    weights = list(layer_weights) if layer_weights is not None else [1.0] * len(per_layer)
     total = torch.zeros(())
-    for maps in per_layer.values():
-        total = total + F.interpolate(maps[:, None].float().cpu(), size=(size, size), mode="bilinear",
-                                      align_corners=False)[:, 0]
-    return total / (len(per_layer) * steps)
+    for weight, maps in zip(weights, per_layer.values()):
+        total = total + weight * upsample(maps, size, mode)
+    return total / (sum(weights) * total_weight)

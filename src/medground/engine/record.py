@@ -1,0 +1,94 @@
+"""The conditional passes: phrase-token attention recorded over the window, for all (image, phrase) pairs at once.
+
+``record_attention`` runs one batch per recorded position (every phrase of every image), cut short after the last
+recorded layer. With BBM it also keeps the attention to the start token at every grid position (the image bias),
+and ``text_only_attention`` runs the text-only generation BBM's text bias comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from medground.backbones.base import Backbone
+from medground.config import GroundingConfig
+from medground.engine.invert import WindowLatents, grid, position_noise
+from medground.engine.recorder import AttentionRecorder
+from medground.engine.schedule import ddim_step
+from medground.text import PhraseTokens, token_weights
+
+
+@dataclass
+class RecordedAttention:
+    """Per-layer weighted sums of the phrase maps over the window, (P, side, side) each, and what BBM needs."""
+
+    per_layer: dict[str, torch.Tensor]
+    total_weight: float
+    conditional_evaluations: int
+    peak_bytes: int
+    image_bias: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    """BBM: per layer, the start token's maps at every grid position (ascending noise)."""
+    text_bias: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    """BBM: per layer, the phrase maps of the text-only generation at every grid position (ascending noise)."""
+
+
+def step_weights(config: GroundingConfig, timesteps: Sequence[int], window: Sequence[int]) -> list[float]:
+    """Weight of each recorded timestep in the activation map: the configured step weight inside the window, 0
+    outside it (BBM records every position, but only the window makes the map)."""
+    weights = config.step_weights or (1.0,) * len(window)
+    by_timestep = dict(zip(window, weights))
+    return [by_timestep.get(t, 0.0) for t in timesteps]
+
+
+@torch.no_grad()
+def record_attention(backbone: Backbone, latents: WindowLatents, image_index: Sequence[int],
+                     phrases: Sequence[PhraseTokens], config: GroundingConfig) -> RecordedAttention:
+    """Run the conditional passes of all (image, phrase) pairs as one batch per recorded position."""
+    context = backbone.embed_text([p.phrase for p in phrases])
+    weights = token_weights(phrases, context.shape[1])
+    index = torch.as_tensor(list(image_index), dtype=torch.long)
+    start, stop = config.window
+    window = grid(backbone, config)[start:stop]
+    with AttentionRecorder(backbone, config.cross_attention_layers, weights, config.normalise_each_map,
+                           config.self_attention_power, bias_token=0 if config.bbm else None) as recorder:
+        for timestep, latent, weight in zip(latents.timesteps, latents.latents,
+                                            step_weights(config, latents.timesteps, window)):
+            batch = latent[index.to(latent.device)]
+            recorder.record_pass(lambda: backbone.predict(batch, timestep, context), weight)  # noqa: B023
+    recorded = RecordedAttention(per_layer=recorder.sums, total_weight=recorder.total_weight,
+                                 conditional_evaluations=recorder.passes * len(phrases),
+                                 peak_bytes=recorder.peak_bytes, image_bias=recorder.bias)
+    if config.bbm:
+        recorded.text_bias = text_only_attention(backbone, phrases, config, latents.latents.shape[2:])
+        recorded.conditional_evaluations += 2 * len(latents.timesteps) * len(phrases)
+    return recorded
+
+
+@torch.no_grad()
+def text_only_attention(backbone: Backbone, phrases: Sequence[PhraseTokens], config: GroundingConfig,
+                        latent_shape: Sequence[int]) -> dict[str, list[torch.Tensor]]:
+    """BBM's text bias: each phrase generates an image from fixed noise (DDIM, eta 0, classifier-free guidance
+    ``guidance_scale``) and the phrase-token attention of its conditional half is kept at every step."""
+    device = backbone.device
+    count = len(phrases)
+    cond = backbone.embed_text([p.phrase for p in phrases])
+    uncond = backbone.embed_text([config.unconditional_prompt]).expand_as(cond)
+    context = torch.cat([uncond, cond])
+    timesteps = grid(backbone, config)
+    alphas = backbone.noise_schedule.alphas_cumprod().to(device)
+    latent = position_noise(config.noise_seed, -1, latent_shape, device).expand(count, *latent_shape)
+    weights = token_weights(phrases, cond.shape[1])
+    with AttentionRecorder(backbone, config.cross_attention_layers, weights, normalise_each_map=False,
+                           keep_steps=True) as recorder:
+        for position in reversed(range(len(timesteps))):
+            timestep = timesteps[position]
+            pair = torch.cat([latent, latent])
+            output = recorder.record_pass(lambda: backbone.predict(pair, timestep, context),  # noqa: B023
+                                          weight=0.0, rows=slice(count, 2 * count), cut_off=False)
+            unconditional, conditional = output.chunk(2)
+            guided = unconditional + config.guidance_scale * (conditional - unconditional)
+            alpha_next = alphas[timesteps[position - 1]] if position else alphas[0]
+            latent = ddim_step(latent, guided, alphas[timestep], alpha_next, backbone.noise_schedule.prediction_type)
+    return {path: maps[::-1] for path, maps in recorder.steps.items()}  # ascending noise, as the image bias
