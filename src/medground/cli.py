@@ -201,6 +201,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from medground.backbones.model_dir import load_model
+    from medground.datasets import load_dataset
+    from medground.evaluate.store import check_writable_folder
+    from medground.evaluate.sweep import parse_grid, run_sweep, sweep_table
+    from medground.toy.phantoms import VALIDATION_SEEDS
+
+    grid = parse_grid(args.grid)
+    if args.dataset == "phantoms":
+        if args.seed not in VALIDATION_SEEDS or args.seed + args.n - 1 not in VALIDATION_SEEDS:
+            raise ConfigError(f"a sweep chooses settings, so on phantoms it runs on the validation seeds "
+                              f"{VALIDATION_SEEDS.start}..{VALIDATION_SEEDS.stop - 1} only (never evaluation seeds); "
+                              f"got {args.seed}..{args.seed + args.n - 1}")
+        load = load_dataset("phantoms", seed=args.seed, n=args.n)
+    else:
+        if args.root is None:
+            raise ConfigError(f"--dataset {args.dataset} needs --root")
+        load = load_dataset(args.dataset, args.root, args.csv)
+    check_writable_folder(args.out)
+    _quiet_transformers()
+    model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
+    record = {"dataset": args.dataset, "root": str(args.root) if args.root else None, "seed": args.seed,
+              "n": args.n, "model": args.model, "n_samples": len(load.samples)}
+    rows = run_sweep(load, model, args.preset, overrides_of(args), grid, args.out, record, resume=args.resume)
+    print(sweep_table(rows))
+    print(f"ranked table: {args.out / 'sweep.md'} and sweep.json; one run folder per combination in {args.out}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from medground.evaluate.report import compare_runs
 
@@ -265,6 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="run folder")
     evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     evaluate.set_defaults(func=cmd_eval)
+
+    sweep = commands.add_parser(
+        "sweep", parents=[model_flags], help="evaluate a grid of read-out settings and rank them (resumable)",
+        description="Evaluate the LDM with the preset and --set settings plus every combination of the --grid values "
+        "on a dataset (phantoms: the validation seeds only), and write a ranked table (mIoU, AUROC, CNR, "
+        "discrimination, UNet evaluations, seconds). Each combination is a run folder; --resume continues.")
+    sweep.add_argument("--dataset", default="phantoms", choices=list(DATASETS))
+    sweep.add_argument("--root", type=Path, default=None, help="image root (not for phantoms)")
+    sweep.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
+    sweep.add_argument("--seed", type=non_negative_int, default=5_000_000, help="phantoms: first validation seed")
+    sweep.add_argument("--n", type=positive_int, default=40, help="phantoms: number of phantoms")
+    sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                       help="a setting and its values (repeatable; the grid is their product)")
+    sweep.add_argument("--out", type=Path, required=True, help="sweep folder")
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    sweep.set_defaults(func=cmd_sweep)
 
     compare = commands.add_parser("compare", help="compare evaluation runs side by side",
                                   description="Per class and overall means of several runs on the samples they "

@@ -1,11 +1,11 @@
-"""Choose the shipped toy model and its grounding defaults on validation phantoms, and write it.
+"""Choose a toy model's checkpoint and its grounding defaults on validation phantoms, and write it.
 
-``python -m medground.toy.ship --checkpoints RUN/checkpoints --out src/medground/toy/model``
+``python -m medground.toy.ship --checkpoints RUN/checkpoints --out src/medground/toy/model[-sd]``
 
-First the checkpoint (among the last ``--last`` ones) with the default read-out, then the read-out
-(cross-attention layers, window, smoothing) on that checkpoint, both by the validation score
-``auroc_exact + miou + 0.1 * cnr`` over ``VALIDATION_SEEDS`` — never on evaluation seeds. The loss is not
-used: it flattens long before grounding is good.
+First the checkpoint (among the last ``--last`` ones) with the base read-out, then the read-out (cross-attention
+layers by grid resolution, window, smoothing) on that checkpoint, both by the validation score
+``auroc_exact + miou + 0.1 * cnr`` over ``VALIDATION_SEEDS``, never on evaluation seeds. The loss is not used: it
+flattens long before grounding is good. Works for either family: the layer sets come from the model's own grid sides.
 """
 
 from __future__ import annotations
@@ -14,45 +14,33 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
-from medground.config import GroundingConfig
-from medground.models.ldm import MODEL_FILE, load_model
-from medground.toy.evaluate import VALIDATION_SEEDS, evaluate_toy
+from medground.backbones.model_dir import MODEL_FILE, load_model
+from medground.evaluate.sweep import RANK_SCORE, score
+from medground.toy.evaluate import evaluate_toy
+from medground.toy.phantoms import VALIDATION_SEEDS
 
-LOW_RES_LAYERS = (  # 8x8: the lowest resolution of the toy UNet
-    "down_blocks.2.attentions.0.transformer_blocks.0.attn2",
-    "middle_block.attention.transformer_blocks.0.attn2",
-    "up_blocks.0.attentions.0.transformer_blocks.0.attn2",
-    "up_blocks.0.attentions.1.transformer_blocks.0.attn2",
-)
-MID_RES_LAYERS = (  # 16x16
-    "down_blocks.1.attentions.0.transformer_blocks.0.attn2",
-    "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
-    "up_blocks.1.attentions.1.transformer_blocks.0.attn2",
-)
-ALL_LAYERS = LOW_RES_LAYERS + MID_RES_LAYERS
-BASE = {"inference_steps": 100, "cross_attention_layers": list(ALL_LAYERS), "gaussian_sigma": 1.0}
-CANDIDATES = [
-    BASE,
-    {**BASE, "cross_attention_layers": list(LOW_RES_LAYERS)},
-    {**BASE, "cross_attention_layers": list(MID_RES_LAYERS)},
-    {**BASE, "window_start": 0, "window_stop": 20},
-    {**BASE, "window_start": 10, "window_stop": 30},
-    {**BASE, "window_start": 20, "window_stop": 40},
-    {**BASE, "window_start": 10, "window_stop": 40, "gaussian_sigma": 2.0},
-    {**BASE, "window_start": 60, "window_stop": 80},
-    {**BASE, "gaussian_sigma": 2.0},
-]
+WINDOWS = [(10, 40), (0, 20), (10, 30), (20, 40), (60, 80)]
+"""Windows of the 100-step trailing grid the toys use (positions 10..39 cover t = 109..399)."""
 
 
-def validation_score(metrics: dict) -> float:
-    return metrics["auroc_exact"] + metrics["miou"] + 0.1 * metrics["cnr"]
+def candidates(model: Any) -> list[dict[str, Any]]:
+    """All layers, the coarsest-grid layers and the finest-grid layers; then windows and smoothing."""
+    sides = model.attention_grid_sides()
+    every = list(sides)
+    coarse = [p for p, s in sides.items() if s == min(sides.values())]
+    fine = [p for p, s in sides.items() if s == max(sides.values())]
+    base = {"inference_steps": 100, "cross_attention_layers": every, "gaussian_sigma": 1.0,
+            "window_start": WINDOWS[0][0], "window_stop": WINDOWS[0][1]}
+    found = [base, {**base, "cross_attention_layers": coarse}, {**base, "cross_attention_layers": fine}]
+    found += [{**base, "window_start": a, "window_stop": b} for a, b in WINDOWS[1:]]
+    found += [{**base, "gaussian_sigma": sigma} for sigma in (0.0, 2.0)]
+    return [c for i, c in enumerate(found) if c not in found[:i]]
 
 
-def evaluate_candidate(model_dir: Path, defaults: dict, n: int) -> dict:
-    model = load_model(model_dir)
-    config = GroundingConfig.from_dict(defaults)
-    return evaluate_toy(model, VALIDATION_SEEDS.start, n, methods=("ldm",), config=config)["methods"]["ldm"]
+def evaluate_candidate(model: Any, defaults: dict[str, Any], n: int) -> dict[str, Any]:
+    return evaluate_toy(model, VALIDATION_SEEDS.start, n, methods=("ldm",), overrides=defaults)["methods"]["ldm"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,22 +53,24 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = sorted(args.checkpoints.glob("step_*"))[-args.last :]
     trials = []
     for checkpoint in checkpoints:
-        metrics = evaluate_candidate(checkpoint, BASE, args.n)
-        trials.append({"checkpoint": checkpoint.name, "defaults": BASE, **metrics})
+        model = load_model(checkpoint)
+        base = candidates(model)[0]
+        trials.append({"checkpoint": checkpoint.name, "defaults": base, **evaluate_candidate(model, base, args.n)})
         print(json.dumps(trials[-1]), flush=True)
-    best_checkpoint = max((t for t in trials), key=validation_score)["checkpoint"]
-    for defaults in CANDIDATES[1:]:
-        metrics = evaluate_candidate(args.checkpoints / best_checkpoint, defaults, args.n)
-        trials.append({"checkpoint": best_checkpoint, "defaults": defaults, **metrics})
+    best_checkpoint = max(trials, key=score)["checkpoint"]
+    model = load_model(args.checkpoints / best_checkpoint)
+    for defaults in candidates(model)[1:]:
+        trials.append({"checkpoint": best_checkpoint, "defaults": defaults,
+                       **evaluate_candidate(model, defaults, args.n)})
         print(json.dumps(trials[-1]), flush=True)
-    best = max((t for t in trials if t["checkpoint"] == best_checkpoint), key=validation_score)
+    best = max((t for t in trials if t["checkpoint"] == best_checkpoint), key=score)
     if args.out.exists():
         shutil.rmtree(args.out)
     shutil.copytree(args.checkpoints / best_checkpoint, args.out)
     spec = json.loads((args.out / MODEL_FILE).read_text())
     spec["grounding_defaults"] = best["defaults"]
     spec["selection"] = {"validation_seeds": [VALIDATION_SEEDS.start, VALIDATION_SEEDS.start + args.n],
-                         "score": "auroc_exact + miou + 0.1 * cnr", "chosen": best, "trials": trials}
+                         "score": RANK_SCORE, "chosen": best, "trials": trials}
     (args.out / MODEL_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     print(f"shipped {best_checkpoint} with defaults {best['defaults']} to {args.out}")
 

@@ -1,0 +1,121 @@
+"""``medground sweep``: evaluate a grid of read-out settings and rank them.
+
+Each combination of the grid is an ordinary run folder under the sweep folder (named by its settings), written by
+the same runner and store as ``eval``, so a killed sweep resumes where it stopped and finished combinations are only
+read. On phantoms a sweep chooses settings, so it runs on the validation seeds only, never on evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medground.datasets.base import DatasetLoad
+from medground.errors import ConfigError
+from medground.evaluate.runner import run_evaluation
+from medground.evaluate.store import RunWriter, write_atomic
+
+RANK_SCORE = "auroc_exact + miou + 0.1 * cnr"
+"""The validation score the toy models were chosen by (toy.ship), used to rank a sweep."""
+
+
+def combinations(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the order the keys were given."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def combination_name(settings: dict[str, Any]) -> str:
+    text = json.dumps(settings, sort_keys=True)
+    slug = "_".join(f"{k}-{v}" for k, v in settings.items()).replace("/", "-").replace(" ", "")[:60]
+    return f"{slug or 'base'}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def score(metrics: dict[str, float]) -> float:
+    return metrics["auroc_exact"] + metrics["miou"] + 0.1 * metrics["cnr"]
+
+
+def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], grid: dict[str, Sequence[Any]],
+              out: Path, run_record: dict[str, Any], resume: bool = False, progress: bool = True) -> list[dict]:
+    """Evaluate the LDM with ``base`` + each combination of ``grid``; returns rows ranked best first."""
+    from medground.methods import MethodOptions, make_method
+
+    out = Path(out)
+    rows = []
+    for settings in combinations(grid):
+        folder = out / combination_name(settings)
+        row_file = folder / "sweep_row.json"
+        if resume and row_file.is_file():
+            rows.append(json.loads(row_file.read_text()))
+            continue
+        overrides = {**base, **settings}
+        method = make_method("ldm", MethodOptions(model=model, preset=preset, overrides=overrides))
+        record = {**run_record, "method": "ldm", "preset": preset, "overrides": overrides,
+                  "config": method.grounder.config.to_dict()}
+        started = time.perf_counter()
+        summary = run_evaluation(load, method, RunWriter(folder), record, resume=resume, progress=progress)
+        pooled = summary["pooled"]
+        metrics = {m: pooled[m]["mean"] for m in ("miou", "auroc", "auroc_exact", "cnr")}
+        row = {"settings": settings, "folder": folder.name, **metrics, "discrimination": summary["discrimination"],
+               "score": score(metrics), "n_samples": summary["n_samples"],
+               "unet_evaluations_per_phrase": sum(method.grounder.unet_evaluations.values()) / len(load.samples),
+               "seconds_per_phrase": (time.perf_counter() - started) / len(load.samples)}
+        write_atomic(row_file, (json.dumps(row, indent=2) + "\n").encode())
+        rows.append(row)
+    ranked = sorted(rows, key=lambda row: -row["score"])
+    write_atomic(out / "sweep.json", (json.dumps({"rank_score": RANK_SCORE, "rows": ranked}, indent=2) + "\n")
+                 .encode())
+    write_atomic(out / "sweep.md", (sweep_table(ranked) + "\n").encode())
+    return ranked
+
+
+def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [f"Ranked by {RANK_SCORE}.", "",
+             "| rank | settings | mIoU | AUROC (binned) | AUROC (exact) | CNR | discrimination | UNet evals / phrase "
+             "| seconds / phrase |", "|---|---|---|---|---|---|---|---|---|"]
+    for rank, row in enumerate(rows, start=1):
+        settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in row["settings"].items()) or "(base)"
+        discrimination = "n/a" if row["discrimination"] is None else f"{row['discrimination']:.2f}"
+        lines.append(f"| {rank} | {settings} | {row['miou']:.3f} | {row['auroc']:.3f} | {row['auroc_exact']:.3f} | "
+                     f"{row['cnr']:.2f} | {discrimination} | {row['unet_evaluations_per_phrase']:.0f} | "
+                     f"{row['seconds_per_phrase']:.2f} |")
+    return "\n".join(lines)
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``key=v1,v2`` or ``key=[json, list]`` per item -> {key: values}."""
+    from medground.config import parse_assignment
+
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not raw:
+            raise ConfigError(f"--grid expects key=value1,value2, got {item!r}")
+        try:
+            values = json.loads(raw)
+            values = values if isinstance(values, list) and not key.endswith(("layers", "weights")) else None
+        except json.JSONDecodeError:
+            values = None
+        if values is None:
+            values = [parse_assignment(f"{key}={part}")[1] for part in _split(raw)]
+        grid[key.strip()] = values
+    return grid
+
+
+def _split(raw: str) -> list[str]:
+    """Split on commas outside brackets, so list values (``[1,2]``) stay whole."""
+    parts, depth, current = [], 0, ""
+    for char in raw:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
