@@ -22,14 +22,15 @@ from PIL import Image
 from scipy import ndimage
 
 from medground.errors import ImageError, ModelLoadError, PhraseError, WeightsNotFoundError
-from medground.methods import make_method
+from medground.methods import MethodOptions, make_method
 
 pytest.importorskip("health_multimodal", reason="needs the optional extra medground[baselines]")
 
 from health_multimodal.image.model.model import ImageModel  # noqa: E402
 from health_multimodal.image.model.types import ImageEncoderType  # noqa: E402
 from health_multimodal.text.model import CXRBertConfig, CXRBertModel  # noqa: E402
-from medground.biovil import VARIANTS, load_biovil  # noqa: E402
+
+from medground.methods.biovil import VARIANTS, load_biovil  # noqa: E402
 
 CXR_BERT = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2, projection_size=128)
@@ -74,7 +75,7 @@ def repos(tmp_path_factory, text_repo):
 
 @pytest.fixture(scope="module")
 def methods(repos):
-    return {name: make_method(name, str(folder)) for name, folder in repos.items()}
+    return {name: make_method(name, MethodOptions(biovil_weights=str(folder))) for name, folder in repos.items()}
 
 
 def independent_map(method, path, phrase: str, crop: int) -> np.ndarray:
@@ -210,7 +211,7 @@ def test_eval_cli_with_biovil(repos, nih_root, tmp_path):
 
     run = tmp_path / "run"
     assert main(["eval", "--dataset", "nih", "--root", str(nih_root), "--method", "biovil-t",
-                 "--model", str(repos["biovil-t"]), "--limit", "3", "--out", str(run)]) == 0
+                 "--biovil-weights", str(repos["biovil-t"]), "--limit", "3", "--out", str(run)]) == 0
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     assert all(0 <= row["auroc"] <= 1 and row["cnr"] >= 0 for row in rows)
