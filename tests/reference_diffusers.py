@@ -10,17 +10,12 @@ min-max, bilinear resize, mean, Gaussian 2.5, min-max, Otsu, NaN back-projection
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from monai.networks.schedulers import DDIMScheduler
-from PIL import Image
-from reference_paper import preprocess
-from scipy import ndimage
-from skimage.filters import threshold_multiotsu
+from reference_paper import official_readout, preprocess
 from transformers import CLIPTextModel, CLIPTokenizer
 
 
@@ -77,28 +72,5 @@ def reference_heatmap(folder, path, phrase: str, layers: list[str], num_timestep
             latent, _ = scheduler.reversed_step(uncond, int(t), latent)
 
     token_count = len(tokenizer(phrase, max_length=tokenizer.model_max_length, truncation=True).input_ids)
-    t_min, t_max = num_timesteps // 2 - num_timesteps // 10, num_timesteps // 2 + num_timesteps // 10
-    per_layer = []
-    for name in layers:
-        stacked = torch.stack(processors[name].stored, -1)  # (2, heads, queries, tokens, steps)
-        conditional = stacked[1].mean(0)  # heads averaged
-        side = int(math.sqrt(conditional.shape[0]))
-        spatial = conditional.reshape(side, side, conditional.shape[1], conditional.shape[2])
-        spatial = spatial[..., 1 : token_count - 1, t_min:t_max].mean(-2)
-        low = spatial.min(0)[0].min(0)[0]
-        high = spatial.max(0)[0].max(0)[0]
-        spatial = ((spatial - low) / (high - low)).permute(2, 0, 1)
-        per_layer.append(F.interpolate(spatial[None], size=(size, size), mode="bilinear", align_corners=False)[0])
-    heatmap = torch.stack(per_layer).mean([0, 1])
-    heatmap = torch.tensor(ndimage.gaussian_filter(heatmap.numpy(), sigma=(sigma, sigma), order=0))
-    heatmap = (heatmap - heatmap.min()) / (heatmap.max() - heatmap.min())
-    threshold = torch.from_numpy(threshold_multiotsu(heatmap.numpy(), classes=2))
-    heatmap = heatmap * (heatmap[..., None] > threshold[None, None, :]).any(-1).float()
-
-    width, height = Image.open(path).size
-    smallest = min(width, height)
-    original = F.interpolate(heatmap[None, None], size=(smallest, smallest), mode="nearest")[0, 0]
-    margin_w, margin_h = width - smallest, height - smallest
-    pads = (math.floor(margin_w / 2), math.ceil(margin_w / 2), math.floor(margin_h / 2), math.ceil(margin_h / 2))
-    original = F.pad(original, pads, value=float("nan"))
-    return heatmap.numpy(), original.numpy()
+    conditional = [torch.stack(processors[name].stored, -1)[1].mean(0) for name in layers]  # batch 1, heads averaged
+    return official_readout(conditional, token_count, num_timesteps, size, path, sigma)

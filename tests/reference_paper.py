@@ -81,20 +81,26 @@ def reference_heatmap(model, path, phrase: str, num_timesteps: int = 300,
         stats["attention_bytes"] = sum(m.numel() * m.element_size() for maps in recorded for m in maps)
 
     token_count = len(tokenizer(phrase, max_length=tokenizer.model_max_length, truncation=True).input_ids)
+    conditional = [torch.stack(recorded[index], -1)[1, 0] for index in OFFICIAL_LAYER_INDICES]  # batch 1, head 0
+    return official_readout(conditional, token_count, num_timesteps, size, path)
+
+
+def official_readout(conditional: list[torch.Tensor], token_count: int, num_timesteps: int, size: int, path,
+                     sigma: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
+    """The official code after the loop: per layer (queries, tokens, steps) -> tokens 1..len-2 and steps
+    N//2 -+ N//10 selected, per-map min-max, bilinear to ``size``, mean, Gaussian, min-max, Otsu, NaN padding."""
     t_min, t_max = num_timesteps // 2 - num_timesteps // 10, num_timesteps // 2 + num_timesteps // 10
     per_layer = []
-    for index in OFFICIAL_LAYER_INDICES:
-        stacked = torch.stack(recorded[index], -1)  # (2, heads, queries, tokens, steps)
-        conditional = stacked[1, 0]
-        side = int(math.sqrt(conditional.shape[0]))
-        spatial = conditional.reshape(side, side, conditional.shape[1], conditional.shape[2])
+    for layer in conditional:
+        side = int(math.sqrt(layer.shape[0]))
+        spatial = layer.reshape(side, side, layer.shape[1], layer.shape[2])
         spatial = spatial[..., 1 : token_count - 1, t_min:t_max].mean(-2)
         low = spatial.min(0)[0].min(0)[0]
         high = spatial.max(0)[0].max(0)[0]
         spatial = ((spatial - low) / (high - low)).permute(2, 0, 1)
         per_layer.append(F.interpolate(spatial[None], size=(size, size), mode="bilinear", align_corners=False)[0])
     heatmap = torch.stack(per_layer).mean([0, 1])
-    heatmap = torch.tensor(ndimage.gaussian_filter(heatmap.numpy(), sigma=(2.5, 2.5), order=0))
+    heatmap = torch.tensor(ndimage.gaussian_filter(heatmap.numpy(), sigma=(sigma, sigma), order=0))
     heatmap = (heatmap - heatmap.min()) / (heatmap.max() - heatmap.min())
     threshold = torch.from_numpy(threshold_multiotsu(heatmap.numpy(), classes=2))
     heatmap = heatmap * (heatmap[..., None] > threshold[None, None, :]).any(-1).float()

@@ -516,9 +516,9 @@ def test_ground_refuses_to_write_through_a_symlinked_output(sandbox, capsys):
 # --- command-line flags -----------------------------------------------------------------------------------------------
 BAD_FLAGS = {
     "limit-zero": (["eval", "--dataset", "nih", "--root", NIH_MINI, "--method", "centre", "--limit", "0"],
-                   "positive integer"),
+                   "integer >= 1"),
     "limit-negative": (["eval", "--dataset", "nih", "--root", NIH_MINI, "--method", "centre", "--limit", "-1"],
-                       "positive integer"),
+                       "integer >= 1"),
     "no-root": (["eval", "--dataset", "nih", "--method", "centre"], "needs --root"),
     "unknown-method": (["eval", "--dataset", "nih", "--root", NIH_MINI, "--method", "magic"], "invalid choice"),
     "unknown-preset": (["ground", "IMG", "effusion", "--preset", "best"], "invalid choice"),
@@ -529,7 +529,7 @@ BAD_FLAGS = {
     "set-unknown": (["ground", "IMG", "effusion", "--set", "colour=red"], "unknown settings"),
     "config-not-json": (["ground", "IMG", "effusion", "--config", "BROKEN"], "cannot read settings"),
     "config-list": (["ground", "IMG", "effusion", "--config", "LIST"], "JSON object"),
-    "toy-n-zero": (["toy", "eval", "--seed", "9000000", "--n", "0"], "positive integer"),
+    "toy-n-zero": (["toy", "eval", "--seed", "9000000", "--n", "0"], "integer >= 1"),
     "empty-dataset": (["eval", "--dataset", "csv", "--root", "EMPTYROOT", "--csv", "EMPTYCSV", "--method",
                        "centre"], "no sample"),
 }

@@ -57,26 +57,11 @@ def test_path_pil_array_and_16_bit_agree(tmp_path, nih_root):
 
 
 def test_dicom_monochrome1_and_16_bit(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from builders import write_dicom
 
     pixels = np.tile(np.arange(64, dtype=np.uint16) * 64, (48, 1))  # 12-bit ramp, 0 .. 4032
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.Rows, dataset.Columns = pixels.shape
-    dataset.SamplesPerPixel, dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 1, 16, 12, 11
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = pixels.tobytes()
     for photometric, first, last in (("MONOCHROME2", 0.0, 1.0), ("MONOCHROME1", 1.0, 0.0)):
-        dataset.PhotometricInterpretation = photometric
-        path = tmp_path / f"{photometric}.dcm"
-        dataset.save_as(path, enforce_file_format=True)
-        image = read_image(path)
+        image = read_image(write_dicom(tmp_path / f"{photometric}.dcm", pixels, photometric))
         assert image.shape == (48, 64)
         assert image[0, 0] == pytest.approx(first) and image[0, -1] == pytest.approx(last)
 

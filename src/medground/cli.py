@@ -22,24 +22,22 @@ PRECISION_HELP = "fp32 (exact, default) or on CUDA tf32, bf16, fp16 (faster, not
 TOY_METHODS = ("ldm", "uniform", "centre", "prior", "untrained")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type for integers >= ``minimum`` (``--limit 0`` and ``--limit -1`` are refused, not guessed)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+positive_int, non_negative_int = int_at_least(1), int_at_least(0)
 
 
 def _quiet_transformers() -> None:

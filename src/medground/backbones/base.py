@@ -72,18 +72,24 @@ class Backbone(ABC):
     default_grounding: ClassVar[dict[str, Any]] = {}
     """The family's read-out defaults (layers, grid, window, smoothing), before the model directory's own."""
 
-    def __init__(self, name: str, tokenizer: Any, noise_schedule: NoiseSchedule, image_size: int,
-                 description: dict[str, Any]) -> None:
-        self.name = name
+    def __init__(self, autoencoder: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any,
+                 noise_schedule: NoiseSchedule, latent_scale: float, image_size: int, name: str,
+                 description: dict[str, Any] | None = None) -> None:
+        self.autoencoder = autoencoder
+        self.unet = unet
+        self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.noise_schedule = noise_schedule
+        self.latent_scale = latent_scale
+        """Latents are the autoencoder's posterior mean times this."""
         self.image_size = image_size
-        self.description = description
+        self.name = name
+        self.description = description or {}
 
     # --- the networks -------------------------------------------------------------------------------------------
-    @abstractmethod
     def networks(self) -> dict[str, nn.Module]:
-        """The torch modules of this model by part name (``unet``, ``autoencoder``, ``text_encoder``)."""
+        """The torch modules of this model by part name."""
+        return {"unet": self.unet, "autoencoder": self.autoencoder, "text_encoder": self.text_encoder}
 
     @property
     def device(self) -> torch.device:

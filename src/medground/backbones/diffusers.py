@@ -25,12 +25,11 @@ from medground.backbones.model_dir import (
     check_finite,
     inside,
     load_state_strict,
-    load_text_part,
     read_json_object,
     read_safetensors,
-    spec_image_size,
-    spec_latent_scale,
+    read_torch_state,
     spec_noise_schedule,
+    spec_parts,
 )
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
@@ -52,41 +51,23 @@ class DiffusersBackbone(Backbone):
     family = "diffusers"
     default_grounding = {"inference_steps": 300, "gaussian_sigma": 2.5}
 
-    def __init__(self, autoencoder: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any,
-                 noise_schedule: NoiseSchedule, latent_scale: float, image_size: int, name: str,
-                 text_attention_mask: bool = False, description: dict[str, Any] | None = None) -> None:
-        super().__init__(name, tokenizer, noise_schedule, image_size, description or {})
-        self.autoencoder = autoencoder
-        self.unet = unet
-        self.text_encoder = text_encoder
-        self.latent_scale = latent_scale
+    def __init__(self, *args: Any, text_attention_mask: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.text_attention_mask = text_attention_mask
+        """G2G feeds its BERT encoder the prompt's attention mask (the empty null prompt stays unmasked)."""
 
     @classmethod
     def from_spec(cls, model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None
                   ) -> DiffusersBackbone:
-        where = str(model_dir / MODEL_FILE)
         autoencoder = load_network(model_dir, spec, "autoencoder")
         factor = 2 ** (len(autoencoder.config.block_out_channels) - 1)
         text_entry = spec.get("text_encoder") if isinstance(spec.get("text_encoder"), dict) else {}
-        return cls(
-            autoencoder=autoencoder,
-            unet=load_network(model_dir, spec, "unet"),
-            text_encoder=load_text_part(model_dir, spec, "text_encoder", text_source),
-            tokenizer=load_text_part(model_dir, spec, "tokenizer", text_source),
-            noise_schedule=spec_noise_schedule(spec.get("noise_schedule"), where),
-            latent_scale=spec_latent_scale(spec, where),
-            image_size=spec_image_size(spec, where, factor),
-            name=str(spec.get("name", model_dir.name)),
-            text_attention_mask=bool(text_entry.get("attention_mask", False)),
-            description=spec,
-        )
+        return cls(autoencoder=autoencoder, unet=load_network(model_dir, spec, "unet"),
+                   text_attention_mask=bool(text_entry.get("attention_mask", False)),
+                   **spec_parts(model_dir, spec, text_source, factor))
 
     def fresh_unet(self) -> nn.Module:
         return type(self.unet).from_config(self.unet.config)
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet, "autoencoder": self.autoencoder, "text_encoder": self.text_encoder}
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device)
@@ -222,13 +203,7 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
             state.update(read_safetensors(inside(folder, shard, str(index))))
         return state, str(index)
     if legacy.is_file():
-        try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several kinds for corrupt or non-checkpoint files
-            raise ModelLoadError(f"cannot read {legacy} as a state dict: {exc}") from exc
-        if not isinstance(state, dict):
-            raise ModelLoadError(f"{legacy} holds a {type(state).__name__}, expected a state dict")
-        return state, str(legacy)
+        return read_torch_state(legacy), str(legacy)
     raise WeightsNotFoundError(f"no weights in {folder}: looked for {list(WEIGHT_FILES)}")
 
 

@@ -217,6 +217,31 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from exc
 
 
+def read_torch_state(path: Path) -> dict[str, torch.Tensor]:
+    """A plain ``.pt``/``.bin`` state dict, read with ``weights_only`` (never unpickling code)."""
+    if not path.is_file():
+        raise WeightsNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for corrupt or non-checkpoint files
+        raise ModelLoadError(f"cannot read {path} as a PyTorch state dict: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def spec_parts(model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None,
+               factor: int) -> dict[str, Any]:
+    """What every family reads the same way from ``model.json``: text encoder and tokenizer, noise schedule,
+    latent scale, image size, name."""
+    where = str(model_dir / MODEL_FILE)
+    return {"text_encoder": load_text_part(model_dir, spec, "text_encoder", text_source),
+            "tokenizer": load_text_part(model_dir, spec, "tokenizer", text_source),
+            "noise_schedule": spec_noise_schedule(spec.get("noise_schedule"), where),
+            "latent_scale": spec_latent_scale(spec, where), "image_size": spec_image_size(spec, where, factor),
+            "name": str(spec.get("name", model_dir.name)), "description": spec}
+
+
 def load_state_strict(network: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Every parameter filled, no key left over, shapes equal, values finite."""
     check_finite(state, where)

@@ -14,18 +14,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from medground.backbones.base import AttentionSink, Backbone, NoiseSchedule
+from medground.backbones.base import AttentionSink, Backbone
 from medground.backbones.components import PixelUnshuffleAutoencoder
 from medground.backbones.model_dir import (
     MODEL_FILE,
     build_network,
     inside,
     load_state_strict,
-    load_text_part,
     read_safetensors,
-    spec_image_size,
-    spec_latent_scale,
-    spec_noise_schedule,
+    spec_parts,
 )
 from medground.errors import ModelLoadError
 
@@ -81,40 +78,21 @@ class MonaiBackbone(Backbone):
     family = "monai-ldm"
     default_grounding = {"inference_steps": 300, "gaussian_sigma": 2.5}
 
-    def __init__(self, autoencoder: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any,
-                 noise_schedule: NoiseSchedule, latent_scale: float, image_size: int, name: str,
-                 unet_args: dict[str, Any], description: dict[str, Any] | None = None) -> None:
-        super().__init__(name, tokenizer, noise_schedule, image_size, description or {})
-        self.autoencoder = autoencoder
-        self.unet = unet
-        self.text_encoder = text_encoder
-        self.latent_scale = latent_scale
+    def __init__(self, *args: Any, unet_args: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.unet_args = unet_args
-        _use_fused_attention(unet)
+        """The UNet's constructor arguments (``fresh_unet`` rebuilds it from them)."""
+        _use_fused_attention(self.unet)
 
     @classmethod
     def from_spec(cls, model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None) -> MonaiBackbone:
-        where = str(model_dir / MODEL_FILE)
         autoencoder = _load_network(model_dir, spec, "autoencoder")
-        factor = autoencoder_factor(autoencoder)
-        return cls(
-            autoencoder=autoencoder,
-            unet=_load_network(model_dir, spec, "unet"),
-            text_encoder=load_text_part(model_dir, spec, "text_encoder", text_source),
-            tokenizer=load_text_part(model_dir, spec, "tokenizer", text_source),
-            noise_schedule=spec_noise_schedule(spec.get("noise_schedule"), where),
-            latent_scale=spec_latent_scale(spec, where),
-            image_size=spec_image_size(spec, where, factor),
-            name=str(spec.get("name", model_dir.name)),
-            unet_args=spec["unet"].get("args", {}),
-            description=spec,
-        )
+        return cls(autoencoder=autoencoder, unet=_load_network(model_dir, spec, "unet"),
+                   unet_args=spec["unet"].get("args", {}),
+                   **spec_parts(model_dir, spec, text_source, autoencoder_factor(autoencoder)))
 
     def fresh_unet(self) -> nn.Module:
         return _use_fused_attention(network_class("monai.DiffusionModelUNet")(**self.unet_args))
-
-    def networks(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet, "autoencoder": self.autoencoder, "text_encoder": self.text_encoder}
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device)

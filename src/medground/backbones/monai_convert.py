@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from medground.backbones.base import NoiseSchedule
-from medground.backbones.model_dir import parse_source, save_model_dir, sha256_of, text_part_folder
+from medground.backbones.model_dir import parse_source, read_torch_state, save_model_dir, sha256_of, text_part_folder
 from medground.backbones.monai import network_class
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
@@ -43,14 +43,7 @@ PAPER_DATA_TERMS = ("Weights trained on MIMIC-CXR: use is bound by the PhysioNet
 
 def load_old_checkpoint(network: nn.Module, path: Path) -> None:
     """Load an old ``generative``-package state dict through MONAI's ``load_old_state_dict``, strictly."""
-    if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several kinds for corrupt or non-checkpoint files
-        raise ModelLoadError(f"cannot read {path} as a PyTorch state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    state = read_torch_state(path)
     with torch.no_grad():
         for tensor in network.state_dict().values():
             if tensor.is_floating_point():

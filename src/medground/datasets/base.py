@@ -8,10 +8,12 @@ reported in ``DatasetLoad.notes``.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,18 @@ def sample_id(image_key: str, phrase: str) -> str:
     """Deterministic, file-name-safe id: image stem + a short hash of (image, phrase)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image_key).stem)[:40]
     return f"{stem}-{hashlib.sha1(f'{image_key}|{phrase}'.encode()).hexdigest()[:8]}"
+
+
+@contextlib.contextmanager
+def csv_rows(path: Path, dict_rows: bool = True) -> Iterator[Iterator[Any]]:
+    """The rows of a UTF-8 CSV (as dicts, or lists); an undecodable or malformed file is a DatasetError."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            yield csv.DictReader(handle) if dict_rows else csv.reader(handle)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text: {exc}") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path} is not a readable CSV: {exc}") from None
 
 
 def parse_number(value: Any, column: str, where: str) -> float:

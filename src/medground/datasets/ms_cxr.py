@@ -8,10 +8,9 @@ MIMIC-CXR-JPG root given as ``--root``. The declared image size must match the i
 
 from __future__ import annotations
 
-import csv as csv_module
 from pathlib import Path
 
-from medground.datasets.base import SampleRows, assemble, checked_size, image_under, parse_box, parse_number
+from medground.datasets.base import SampleRows, assemble, checked_size, csv_rows, image_under, parse_box, parse_number
 from medground.errors import DatasetError
 
 REQUIRED_COLUMNS = ("category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
@@ -25,30 +24,24 @@ def read_ms_cxr(root: Path, csv: Path | None = None):
         raise DatasetError(f"MS-CXR CSV not found (given {csv}, looked for {DEFAULT_CSV_NAMES} in {root}); pass --csv")
     groups: dict[tuple[str, str], SampleRows] = {}
     declared: dict[str, tuple[int, int]] = {}
-    try:
-        with open(csv, newline="", encoding="utf-8") as handle:
-            reader = csv_module.DictReader(handle)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(f"{csv} lacks columns {missing}; found {reader.fieldnames}")
-            for number, row in enumerate(reader, start=2):
-                where = f"{csv} row {number}"
-                if None in row or any(row[c] is None for c in REQUIRED_COLUMNS):
-                    raise DatasetError(f"{where}: has {len(row)} fields, not the header's {len(reader.fieldnames)}")
-                phrase, category = row["label_text"].strip(), row["category_name"].strip()
-                if not phrase or not category:
-                    raise DatasetError(f"{where}: empty label_text or category_name")
-                path = image_under(root, row["path"], where)
-                size = tuple(int(parse_number(row[c], c, where)) for c in ("image_width", "image_height"))
-                if declared.setdefault(row["path"], size) != size:
-                    raise DatasetError(f"{where}: image size {size} differs from an earlier row's "
-                                       f"{declared[row['path']]} for {row['path']}")
-                group = groups.setdefault((row["path"], phrase), SampleRows(path, row["path"], phrase, category))
-                group.boxes.append(parse_box(row["x"], row["y"], row["w"], row["h"], where))
-                group.rows.append(where)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{csv} is not UTF-8 text: {exc}") from None
-    except csv_module.Error as exc:
-        raise DatasetError(f"{csv} is not a readable CSV: {exc}") from None
+    with csv_rows(csv) as reader:
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{csv} lacks columns {missing}; found {reader.fieldnames}")
+        for number, row in enumerate(reader, start=2):
+            where = f"{csv} row {number}"
+            if None in row or any(row[c] is None for c in REQUIRED_COLUMNS):
+                raise DatasetError(f"{where}: has {len(row)} fields, not the header's {len(reader.fieldnames)}")
+            phrase, category = row["label_text"].strip(), row["category_name"].strip()
+            if not phrase or not category:
+                raise DatasetError(f"{where}: empty label_text or category_name")
+            path = image_under(root, row["path"], where)
+            size = tuple(int(parse_number(row[c], c, where)) for c in ("image_width", "image_height"))
+            if declared.setdefault(row["path"], size) != size:
+                raise DatasetError(f"{where}: image size {size} differs from an earlier row's "
+                                   f"{declared[row['path']]} for {row['path']}")
+            group = groups.setdefault((row["path"], phrase), SampleRows(path, row["path"], phrase, category))
+            group.boxes.append(parse_box(row["x"], row["y"], row["w"], row["h"], where))
+            group.rows.append(where)
     return assemble("ms-cxr", groups.values(),
                     lambda g: checked_size(g.image, g.rows[0], declared[g.image_key]))

@@ -8,10 +8,9 @@ words, e.g. ``Effusion`` -> "pleural effusion"; other labels lower-cased). Image
 
 from __future__ import annotations
 
-import csv as csv_module
 from pathlib import Path
 
-from medground.datasets.base import SampleRows, assemble, checked_size, image_under, parse_box
+from medground.datasets.base import SampleRows, assemble, checked_size, csv_rows, image_under, parse_box
 from medground.errors import DatasetError
 
 NIH_PHRASES = {"Effusion": "pleural effusion", "Infiltrate": "infiltrate", "Infiltration": "infiltration",
@@ -28,28 +27,22 @@ def read_nih(root: Path, csv: Path | None = None):
     if csv is None or not Path(csv).is_file():
         raise DatasetError(f"NIH bounding-box CSV not found (given {csv}, looked for {DEFAULT_CSV_NAMES} in {root})")
     groups: dict[tuple[str, str], SampleRows] = {}
-    try:
-        with open(csv, newline="", encoding="utf-8") as handle:
-            rows = csv_module.reader(handle)
-            header = next(rows, [])
-            if len(header) < 6 or not header[0].startswith("Image Index"):
-                raise DatasetError(f"{csv}: expected the BBox_List_2017 header, found {header}")
-            for number, row in enumerate(rows, start=2):
-                if not row:
-                    continue
-                where = f"{csv} row {number}"
-                if len(row) < 6:
-                    raise DatasetError(f"{where}: expected image, label, x, y, w, h; found {row}")
-                image, label = row[0].strip(), row[1].strip()
-                if not image or not label:
-                    raise DatasetError(f"{where}: empty image name or label")
-                key = f"images/{image}"
-                path = image_under(root, key, where)
-                group = groups.setdefault((image, label), SampleRows(path, key, nih_phrase(label), label))
-                group.boxes.append(parse_box(*row[2:6], where))
-                group.rows.append(where)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{csv} is not UTF-8 text: {exc}") from None
-    except csv_module.Error as exc:
-        raise DatasetError(f"{csv} is not a readable CSV: {exc}") from None
+    with csv_rows(csv, dict_rows=False) as rows:
+        header = next(rows, [])
+        if len(header) < 6 or not header[0].startswith("Image Index"):
+            raise DatasetError(f"{csv}: expected the BBox_List_2017 header, found {header}")
+        for number, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            where = f"{csv} row {number}"
+            if len(row) < 6:
+                raise DatasetError(f"{where}: expected image, label, x, y, w, h; found {row}")
+            image, label = row[0].strip(), row[1].strip()
+            if not image or not label:
+                raise DatasetError(f"{where}: empty image name or label")
+            key = f"images/{image}"
+            path = image_under(root, key, where)
+            group = groups.setdefault((image, label), SampleRows(path, key, nih_phrase(label), label))
+            group.boxes.append(parse_box(*row[2:6], where))
+            group.rows.append(where)
     return assemble("nih", groups.values(), lambda g: checked_size(g.image, g.rows[0]))

@@ -8,10 +8,9 @@ kept; prompt = "The patient has {class in lower case}". Images are found under `
 
 from __future__ import annotations
 
-import csv as csv_module
 from pathlib import Path
 
-from medground.datasets.base import SampleRows, assemble, checked_size, parse_box, parse_number
+from medground.datasets.base import SampleRows, assemble, checked_size, csv_rows, parse_box, parse_number
 from medground.errors import DatasetError
 
 VINDR_TO_MS_CXR = {"Atelectasis": "Atelectasis", "Cardiomegaly": "Cardiomegaly", "Consolidation": "Consolidation",
@@ -27,28 +26,22 @@ def read_vindr(root: Path, csv: Path | None = None):
         raise DatasetError(f"VinDr-CXR annotations not found: {csv}; pass --csv")
     images = {p.stem: p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
     groups: dict[tuple[str, str], SampleRows] = {}
-    try:
-        with open(csv, newline="", encoding="utf-8") as handle:
-            reader = csv_module.DictReader(handle)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(f"{csv} lacks columns {missing}; found {reader.fieldnames}")
-            for number, row in enumerate(reader, start=2):
-                where = f"{csv} row {number}"
-                category = VINDR_TO_MS_CXR.get((row["class_name"] or "").strip())
-                if category is None or not (row.get("x_min") or "").strip():
-                    continue
-                x0, y0, x1, y1 = (parse_number(row[k], k, where) for k in ("x_min", "y_min", "x_max", "y_max"))
-                image_id = row["image_id"].strip()
-                if image_id not in images:
-                    raise DatasetError(f"{where}: VinDr-CXR image {image_id} not found under {root}")
-                phrase = f"The patient has {category.lower()}"
-                group = groups.setdefault((image_id, category), SampleRows(images[image_id], image_id, phrase,
-                                                                          category))
-                group.boxes.append(parse_box(x0, y0, x1 - x0, y1 - y0, where))
-                group.rows.append(where)
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{csv} is not UTF-8 text: {exc}") from None
-    except csv_module.Error as exc:
-        raise DatasetError(f"{csv} is not a readable CSV: {exc}") from None
+    with csv_rows(csv) as reader:
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{csv} lacks columns {missing}; found {reader.fieldnames}")
+        for number, row in enumerate(reader, start=2):
+            where = f"{csv} row {number}"
+            category = VINDR_TO_MS_CXR.get((row["class_name"] or "").strip())
+            if category is None or not (row.get("x_min") or "").strip():
+                continue
+            x0, y0, x1, y1 = (parse_number(row[k], k, where) for k in ("x_min", "y_min", "x_max", "y_max"))
+            image_id = row["image_id"].strip()
+            if image_id not in images:
+                raise DatasetError(f"{where}: VinDr-CXR image {image_id} not found under {root}")
+            phrase = f"The patient has {category.lower()}"
+            group = groups.setdefault((image_id, category), SampleRows(images[image_id], image_id, phrase,
+                                                                      category))
+            group.boxes.append(parse_box(x0, y0, x1 - x0, y1 - y0, where))
+            group.rows.append(where)
     return assemble("vindr", groups.values(), lambda g: checked_size(g.image, g.rows[0]))

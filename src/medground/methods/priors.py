@@ -16,12 +16,18 @@ import numpy as np
 from medground.datasets.base import Sample
 
 
-class UniformMethod:
-    name = "uniform"
+class _PositionPrior:
+    """A baseline that needs no model and no options."""
+
+    name: str
 
     @classmethod
-    def from_options(cls, name: str, options: object) -> UniformMethod:
+    def from_options(cls, name: str, options: object) -> _PositionPrior:
         return cls()
+
+
+class UniformMethod(_PositionPrior):
+    name = "uniform"
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
         return [np.ones((s.height, s.width), dtype=np.float32) for s in samples]
@@ -33,12 +39,8 @@ def centre_gaussian(width: int, height: int) -> np.ndarray:
     return np.exp(-((xx - (width - 1) / 2) ** 2 + (yy - (height - 1) / 2) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
-class CentreMethod:
+class CentreMethod(_PositionPrior):
     name = "centre"
-
-    @classmethod
-    def from_options(cls, name: str, options: object) -> CentreMethod:
-        return cls()
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
         return [centre_gaussian(s.width, s.height) for s in samples]
@@ -57,12 +59,8 @@ def phantom_box_prior() -> np.ndarray:
     return (total / total.max()).astype(np.float32)
 
 
-class PhantomBoxPrior:
+class PhantomBoxPrior(_PositionPrior):
     name = "prior"
-
-    @classmethod
-    def from_options(cls, name: str, options: object) -> PhantomBoxPrior:
-        return cls()
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
         from PIL import Image

@@ -96,7 +96,7 @@ def build_toy(family: str, tokenizer_dir: Path, seed: int, autoencoder: torch.nn
 
         unet = network_class("monai.DiffusionModelUNet")(**MONAI_UNET_ARGS)
         return MonaiBackbone(PixelUnshuffleAutoencoder(**PIXEL_AUTOENCODER_ARGS), unet, text_encoder, tokenizer,
-                             SCHEDULES[family], 1.0, SIZE, NAMES[family], MONAI_UNET_ARGS)
+                             SCHEDULES[family], 1.0, SIZE, NAMES[family], unet_args=MONAI_UNET_ARGS)
     if family == "diffusers":
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
