@@ -44,15 +44,28 @@ def test_training_reduces_the_loss(tmp_path):
     assert checkpoint.description["training"]["steps"] == 40
 
 
-def test_shipped_model_loads_through_the_common_loader():
-    model = load_model("toy")
-    spec = json.loads((KNOWN_MODELS["toy"] / "model.json").read_text())
-    assert type(model.unet).__name__ == "DiffusionModelUNet" and type(model.text_encoder).__name__ == "CLIPTextModel"
+def test_the_trainer_trains_the_diffusers_family_through_the_seam(tmp_path):
+    train(tmp_path, "diffusers", steps=24, batch_size=8, seed=1, lr=1e-3, caption_dropout=0.15, checkpoint_every=24,
+          autoencoder_steps=4)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 24 and np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6])
+    checkpoint = load_model(tmp_path / "checkpoints" / "step_00024")
+    assert checkpoint.family == "diffusers" and type(checkpoint.autoencoder).__name__ == "AutoencoderKL"
+    assert checkpoint.noise_schedule.prediction_type == "epsilon"
+
+
+@pytest.mark.parametrize("name, unet_class, size_limit", [("toy", "DiffusionModelUNet", 20),
+                                                          ("toy-sd", "UNet2DConditionModel", 15)])
+def test_shipped_models_load_through_the_common_loader(name, unet_class, size_limit):
+    model = load_model(name)
+    spec = json.loads((KNOWN_MODELS[name] / "model.json").read_text())
+    assert type(model.unet).__name__ == unet_class and type(model.text_encoder).__name__ == "CLIPTextModel"
     assert spec["training"]["command"].startswith("python -m medground.toy.train")
     assert spec["selection"]["validation_seeds"][0] == VALIDATION_SEEDS.start
     assert set(spec["grounding_defaults"]["cross_attention_layers"]) <= set(model.attention_layers())
-    size_mb = sum(f.stat().st_size for f in KNOWN_MODELS["toy"].rglob("*") if f.is_file()) / 1e6
-    assert size_mb <= 20
+    size_mb = sum(f.stat().st_size for f in KNOWN_MODELS[name].rglob("*") if f.is_file()) / 1e6
+    assert size_mb <= size_limit
+    assert not list(KNOWN_MODELS[name].rglob("*log*"))  # training logs stay out of the package
     grounder = Grounder(model)
     assert grounder.config.cross_attention_layers == tuple(spec["grounding_defaults"]["cross_attention_layers"])
 

@@ -164,12 +164,23 @@ def train_autoencoder(out_dir: Path, steps: int, batch_size: int, seed: int, lr:
 
 
 def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr: float, caption_dropout: float,
-          checkpoint_every: int, autoencoder_steps: int = 1500) -> None:
+          checkpoint_every: int, autoencoder_steps: int = 1500, init_from: Path | None = None) -> None:
+    """``init_from``: continue from a checkpoint's weights (a fresh optimiser and learning-rate schedule, training
+    phantoms after the checkpoint's), e.g. after an interrupted run; its autoencoder is kept as it is."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    autoencoder, latent_scale = None, 1.0
-    if family == "diffusers":
-        autoencoder, latent_scale = train_autoencoder(out_dir, autoencoder_steps, min(batch_size, 16), seed)
-    backbone = build_toy(family, out_dir / "tokenizer", seed, autoencoder, latent_scale)
+    first_seed = TRAIN_SEED_OFFSET
+    if init_from is not None:
+        from medground.backbones.model_dir import load_model
+
+        backbone = load_model(init_from)
+        for network in (backbone.unet, backbone.text_encoder):
+            network.requires_grad_(True)
+        first_seed = backbone.description.get("training", {}).get("train_phantom_seeds", [0, 0])[1]
+    else:
+        autoencoder, latent_scale = None, 1.0
+        if family == "diffusers":
+            autoencoder, latent_scale = train_autoencoder(out_dir, autoencoder_steps, min(batch_size, 16), seed)
+        backbone = build_toy(family, out_dir / "tokenizer", seed, autoencoder, latent_scale)
     unet, text_encoder = backbone.networks()["unet"], backbone.networks()["text_encoder"]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -186,7 +197,7 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
     unet.train()
     text_encoder.train()
     for step in range(1, steps + 1):
-        images, phantoms = phantom_batch(TRAIN_SEED_OFFSET + (step - 1) * batch_size, batch_size)
+        images, phantoms = phantom_batch(first_seed + (step - 1) * batch_size, batch_size)
         captions = ["" if drop_rng.random() < caption_dropout else p.caption for p in phantoms]
         with torch.no_grad():
             latents = backbone.encode_images(images)
@@ -210,8 +221,12 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
         if step % checkpoint_every == 0 or step == steps:
             command = "python -m medground.toy.train " + " ".join(sys.argv[1:])
             training = {"command": command, "family": family, "seed": seed, "steps": step, "batch_size": batch_size,
-                        "lr": lr, "caption_dropout": caption_dropout, "train_phantom_seeds": [0, step * batch_size],
+                        "lr": lr, "caption_dropout": caption_dropout,
+                        "train_phantom_seeds": [0, first_seed + step * batch_size],
                         "final_loss": record["loss"], "seconds": record["seconds"]}
+            if init_from is not None:
+                training["continued_from"] = {"checkpoint": str(init_from),
+                                              "training": backbone.description.get("training")}
             if family == "diffusers":
                 training["autoencoder_steps"] = autoencoder_steps
             unet.eval()
@@ -232,9 +247,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caption-dropout", type=float, default=0.15)
     parser.add_argument("--checkpoint-every", type=int, default=400)
     parser.add_argument("--autoencoder-steps", type=int, default=1500, help="diffusers: autoencoder training steps")
+    parser.add_argument("--init-from", type=Path, default=None, help="continue from this checkpoint's weights")
     args = parser.parse_args(argv)
     train(args.out, args.family, args.steps, args.batch_size, args.seed, args.lr, args.caption_dropout,
-          args.checkpoint_every, args.autoencoder_steps)
+          args.checkpoint_every, args.autoencoder_steps, args.init_from)
 
 
 if __name__ == "__main__":
