@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from medground.readout.aggregate import average_attention_maps
 from medground.readout.boxes import GroundedBox, boxes_from_mask
 from medground.readout.threshold import smooth_and_threshold
 from medground.text import phrase_tokens
+
+if TYPE_CHECKING:
+    from medground.reports.grounding import ReportGrounding
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """Precisions (``config.PRECISIONS``): ``fp32`` is strict IEEE float32 (TF32 off on CUDA: PyTorch lets cuDNN
@@ -134,6 +137,13 @@ class Grounder:
         for row, (image_number, phrase) in enumerate(zip(image_index, flat_tokens)):
             results[image_number].append(self._finish(phrase.phrase, maps[row], geometries[image_number], timings))
         return results
+
+    def ground_report(self, image: ImageInput, report: str) -> ReportGrounding:
+        """Every positive or uncertain finding of a radiology report, sharing one inversion; negated, hypothetical
+        and historical mentions are returned as not grounded (``medground.reports``; needs ``medground[reports]``)."""
+        from medground.reports.grounding import ground_report
+
+        return ground_report(self, image, report)
 
     def is_cached(self, image: ImageInput) -> bool:
         """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
