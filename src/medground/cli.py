@@ -234,6 +234,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medground.app.server import check_can_serve, serve
+    from medground.backbones.model_dir import load_model
+    from medground.grounder import Grounder
+
+    check_can_serve(args.host, args.port)
+    _quiet_transformers()
+    model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
+    grounder = Grounder(model, args.preset, overrides=overrides_of(args), progress=True, precision=args.precision)
+    serve(grounder, {"model": str(args.model), "preset": args.preset}, host=args.host, port=args.port,
+          share=args.share, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
 def read_report_text(source: str) -> str:
     """The report from a file, or from standard input for ``-``."""
     from medground.errors import ReportError
@@ -300,6 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--report", required=True, metavar="FILE|-", help="the report as UTF-8 text; - reads stdin")
     report.add_argument("--out", type=Path, required=True, help="output folder")
     report.set_defaults(func=cmd_report)
+
+    serve = commands.add_parser(
+        "serve", parents=[model_flags], help="the web app: upload a radiograph, ground phrases or a whole report",
+        description="Serve a web page (Gradio) where a user uploads a PNG, JPEG or DICOM radiograph, types phrases or "
+        "pastes a report, and sees the findings' heatmaps, masks and boxes (one colour each), a table of boxes and "
+        "scores, and downloads the JSON and the maps. The model is loaded once; queries are queued and run one at a "
+        "time. Offline: no CDN assets, analytics off; uploads stay in memory and in a temporary folder deleted on "
+        "exit. Needs medground[app].")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                       "machine only; 0.0.0.0 opens it to the network)")
+    serve.add_argument("--port", type=positive_int, default=7860, help="port (default: 7860)")
+    serve.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    serve.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload in MB (default: 20)")
+    serve.set_defaults(func=cmd_serve)
 
     evaluate = commands.add_parser(
         "eval", parents=[model_flags], help="evaluate a method on a dataset (resumable) and write paper-style tables",

@@ -50,3 +50,6 @@ class ReportError(MedgroundError, ValueError):
 class ExtraNotInstalledError(MedgroundError, ImportError):
     """An optional part of medground whose dependencies are not installed (the message names the pip extra)."""
 
+
+class ServeError(MedgroundError, OSError):
+    """The web app cannot start (the port is taken, the host is not an address of this machine)."""
