@@ -105,6 +105,13 @@ class Grounder:
         phrases = [phrases] if isinstance(phrases, str) else list(phrases)
         return self.ground_many([(image, phrases)])[0]
 
+    def ground_report(self, image: ImageInput, report: str) -> ReportGrounding:
+        """Every positive or uncertain finding of a radiology report, sharing one inversion; negated, hypothetical
+        and historical mentions are returned as not grounded (``medground.reports``; needs ``medground[reports]``)."""
+        from medground.reports.grounding import ground_report
+
+        return ground_report(self, image, report)
+
     def ground_many(self, items: Sequence[tuple[ImageInput, Sequence[str]]]) -> list[list[GroundingResult]]:
         """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``."""
         started = time.perf_counter()
@@ -137,13 +144,6 @@ class Grounder:
         for row, (image_number, phrase) in enumerate(zip(image_index, flat_tokens)):
             results[image_number].append(self._finish(phrase.phrase, maps[row], geometries[image_number], timings))
         return results
-
-    def ground_report(self, image: ImageInput, report: str) -> ReportGrounding:
-        """Every positive or uncertain finding of a radiology report, sharing one inversion; negated, hypothetical
-        and historical mentions are returned as not grounded (``medground.reports``; needs ``medground[reports]``)."""
-        from medground.reports.grounding import ground_report
-
-        return ground_report(self, image, report)
 
     def is_cached(self, image: ImageInput) -> bool:
         """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
