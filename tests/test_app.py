@@ -12,6 +12,7 @@ from PIL import Image
 from medground import Grounder
 from medground.app.session import MAX_TEXT_CHARS, Answer, Session, boxes_table, status_html
 from medground.cli import build_parser, main
+from medground.engine.invert import unconditional_evaluations
 from medground.toy.phantoms import generate_phantom
 
 
@@ -29,15 +30,22 @@ def phantom_png(tmp_path_factory):
 
 def test_phrases_then_report_on_the_same_image_reuse_the_inversion(session, phantom_png):
     first = session.answer(str(phantom_png), "Phrases", "left mid zone nodule\n\n  small right pleural effusion \n")
-    assert not first.error and first.message.startswith("Grounded 2 findings. Inverted the image (39 + 60 UNet")
+    runs = dict(session.grounder.unet_evaluations)
+    assert runs["unconditional"] == unconditional_evaluations(session.grounder.config)  # one inversion
+    assert not first.error and first.message.startswith(
+        f"Grounded 2 findings. Inverted the image ({runs['unconditional']} + {runs['conditional']} UNet evaluations")
     assert [(f.text, f.status) for f in first.grounding.findings] == \
         [("left mid zone nodule", "typed"), ("small right pleural effusion", "typed")]
     expected = session.grounder.ground(phantom_png, ["left mid zone nodule", "small right pleural effusion"])
     assert [f.result.boxes for f in first.grounding.findings] == [r.boxes for r in expected]
     assert session.preview(str(phantom_png)).message.endswith("Its inversion is cached: a query will reuse it.")
 
+    runs = dict(session.grounder.unet_evaluations)
     second = session.answer(str(phantom_png), "Report", "Left mid zone nodule. No pneumothorax.")
-    assert "Reused the cached inversion of this image: only the conditional passes ran (30 UNet" in second.message
+    assert session.grounder.unet_evaluations["unconditional"] == runs["unconditional"]
+    conditional = session.grounder.unet_evaluations["conditional"] - runs["conditional"]
+    assert f"Reused the cached inversion of this image: only the conditional passes ran ({conditional} UNet" \
+        in second.message
     assert [f.text for f in second.grounding.findings] == ["Left mid zone nodule"]
     record = json.loads(second.files[0].read_text())
     assert record["image"] == "phantom 2.png" and record["model"] == "toy" and record["preset"] == "paper"
