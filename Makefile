@@ -11,6 +11,7 @@ BASELINE_VENV ?= .venv-baselines
 BASELINE_BIN := $(BASELINE_VENV)/bin
 BASELINE_STAMP := $(BASELINE_VENV)/.installed
 BASELINE_TORCH ?= torch==2.14.1 torchvision==0.29.1
+CHROMEDRIVER ?= /usr/bin/chromedriver
 
 .PHONY: demo test test-core test-baselines lint clean
 
@@ -19,8 +20,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build first: with torch already satisfied, the project install pulls no CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,app]"
 	touch $(STAMP)
+
+# The browser tests (tests/test_browser.py) drive Debian's Chromium through its chromedriver; apt needs root.
+$(CHROMEDRIVER):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
 
 $(BASELINE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BASELINE_VENV)
@@ -34,7 +39,7 @@ demo: $(STAMP)
 
 test: test-core test-baselines
 
-test-core: $(STAMP)
+test-core: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

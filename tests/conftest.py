@@ -50,3 +50,11 @@ def odd_images(tmp_path_factory) -> dict[str, Path]:
         paths[name] = folder / f"{name}.png"
         Image.fromarray(np.ascontiguousarray(crop)).save(paths[name])
     return paths
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """The toy phantom LDM shipped in the package, loaded once."""
+    from medground import load_model
+
+    return load_model("toy")

@@ -235,6 +235,67 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from medground.backbones.model_dir import load_model
+    from medground.evaluate.store import check_writable_folder
+    from medground.grounder import Grounder
+    from medground.images import read_image
+    from medground.reports.findings import read_mentions
+    from medground.reports.grounding import write_outputs
+
+    report = read_report_text(args.report)
+    pixels = read_image(args.image)
+    read_mentions(report)  # a missing medspaCy or an empty report fails here, before the model loads
+    check_writable_folder(args.out)
+    _quiet_transformers()
+    model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
+    grounder = Grounder(model, args.preset, overrides=overrides_of(args), progress=True, precision=args.precision)
+    grounding = grounder.ground_report(pixels, report)
+    record = {"image": str(args.image), "model": str(args.model), "preset": args.preset}
+    written = write_outputs(args.out, args.image, pixels, grounding, record)
+    for finding in grounding.findings:
+        top = finding.result.boxes[0] if finding.result.boxes else None
+        where = ("flat map, not located" if finding.result.flat else
+                 f"top box x={top.x} y={top.y} w={top.w} h={top.h} score={top.score:.2f}" if top else "no region")
+        print(f"{finding.number}. [{finding.status}] {finding.text!r}: {where}")
+    for mention in grounding.dropped:
+        print(f"-  [{mention.reason}] {mention.text!r}: not grounded")
+    print(grounding.message)
+    print(f"wrote {', '.join(str(path) for path in written[:2])}" + (f" and {len(written) - 2} heatmap(s) (.npy)"
+                                                                   if len(written) > 2 else ""))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medground.app.server import check_can_serve, serve
+    from medground.backbones.model_dir import load_model
+    from medground.grounder import Grounder
+
+    check_can_serve(args.host, args.port)
+    _quiet_transformers()
+    model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
+    grounder = Grounder(model, args.preset, overrides=overrides_of(args), progress=True, precision=args.precision)
+    serve(grounder, {"model": str(args.model), "preset": args.preset}, host=args.host, port=args.port,
+          share=args.share, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
+def read_report_text(source: str) -> str:
+    """The report from a file, or from standard input for ``-``."""
+    from medground.errors import ReportError
+
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source)
+    if not path.is_file():
+        raise ReportError(f"report file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the report as UTF-8")\
+            from None
+
+
 def _model_flags() -> argparse.ArgumentParser:
     """Flags of every command that runs a latent diffusion model."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -272,6 +333,33 @@ def build_parser() -> argparse.ArgumentParser:
     ground.add_argument("phrases", nargs="+", metavar="PHRASE", help="one or more report phrases")
     ground.add_argument("--out", type=Path, required=True, help="output folder")
     ground.set_defaults(func=cmd_ground)
+
+    report = commands.add_parser(
+        "report", parents=[model_flags], help="ground every positive finding of a radiology report in one image",
+        description="Read the report's sentences and finding mentions (medspaCy: sentence splitter, sections, ConText "
+        "negation and uncertainty), keep the positive and uncertain findings (uncertain ones flagged), drop negated, "
+        "hypothetical and historical ones and those of the indication/history/comparison sections, and ground every "
+        "kept finding with one shared inversion of IMAGE. Writes to --out: one heatmap per finding (.npy), an "
+        "overlay of all findings with a legend (.png) and a JSON of everything, including what was not grounded "
+        "and why. Needs medground[reports].")
+    report.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
+    report.add_argument("--report", required=True, metavar="FILE|-", help="the report as UTF-8 text; - reads stdin")
+    report.add_argument("--out", type=Path, required=True, help="output folder")
+    report.set_defaults(func=cmd_report)
+
+    serve = commands.add_parser(
+        "serve", parents=[model_flags], help="the web app: upload a radiograph, ground phrases or a whole report",
+        description="Serve a web page (Gradio) where a user uploads a PNG, JPEG or DICOM radiograph, types phrases or "
+        "pastes a report, and sees the findings' heatmaps, masks and boxes (one colour each), a table of boxes and "
+        "scores, and downloads the JSON and the maps. The model is loaded once; queries are queued and run one at a "
+        "time. Offline: no CDN assets, analytics off; uploads stay in memory and in a temporary folder deleted on "
+        "exit. Needs medground[app].")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
+                       "machine only; 0.0.0.0 opens it to the network)")
+    serve.add_argument("--port", type=positive_int, default=7860, help="port (default: 7860)")
+    serve.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    serve.add_argument("--max-upload-mb", type=positive_int, default=20, help="largest upload in MB (default: 20)")
+    serve.set_defaults(func=cmd_serve)
 
     evaluate = commands.add_parser(
         "eval", parents=[model_flags], help="evaluate a method on a dataset (resumable) and write paper-style tables",

@@ -41,3 +41,15 @@ class RunDirError(MedgroundError, ValueError):
 
 class DatasetError(MedgroundError, ValueError):
     """A dataset file that is missing, not in the expected layout, or holds rows that cannot be used."""
+
+
+class ReportError(MedgroundError, ValueError):
+    """A radiology report that cannot be read (not text, empty, missing file)."""
+
+
+class ExtraNotInstalledError(MedgroundError, ImportError):
+    """An optional part of medground whose dependencies are not installed (the message names the pip extra)."""
+
+
+class ServeError(MedgroundError, OSError):
+    """The web app cannot start (the port is taken, the host is not an address of this machine)."""

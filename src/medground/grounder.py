@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from medground.readout.bbm import merge_biases
 from medground.readout.boxes import GroundedBox, boxes_from_mask
 from medground.readout.threshold import smooth_and_threshold
 from medground.text import phrase_tokens
+
+if TYPE_CHECKING:
+    from medground.reports.grounding import ReportGrounding
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """Precisions (``config.PRECISIONS``): ``fp32`` is strict IEEE float32 (TF32 off on CUDA: PyTorch lets cuDNN
@@ -97,6 +100,13 @@ class Grounder:
         """All phrases of one image share one inversion; their conditional passes run as one batch."""
         phrases = [phrases] if isinstance(phrases, str) else list(phrases)
         return self.ground_many([(image, phrases)])[0]
+
+    def ground_report(self, image: ImageInput, report: str) -> ReportGrounding:
+        """Every positive or uncertain finding of a radiology report, sharing one inversion; negated, hypothetical
+        and historical mentions are returned as not grounded (``medground.reports``; needs ``medground[reports]``)."""
+        from medground.reports.grounding import ground_report
+
+        return ground_report(self, image, report)
 
     def ground_many(self, items: Sequence[tuple[ImageInput, Sequence[str]]]) -> list[list[GroundingResult]]:
         """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``."""

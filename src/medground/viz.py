@@ -1,19 +1,24 @@
-"""Pictures: a heatmap overlay per phrase and contact sheets of several."""
+"""Pictures: a heatmap overlay per phrase, contact sheets of several, and all findings of a report on one image."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib import patches  # noqa: E402
+from matplotlib import colors, patches  # noqa: E402
 
 from medground.images import Box  # noqa: E402
 from medground.readout.boxes import GroundedBox  # noqa: E402
+
+if TYPE_CHECKING:
+    from medground.reports.grounding import GroundedFinding
 
 
 def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str,
@@ -56,3 +61,75 @@ def save_contact_sheet(path: Path, panels: Sequence[dict], columns: int = 4) -> 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+DISPLAY_SIDE = 1024
+"""Longest side drawn in a findings overlay (a few hundred pixels wide): larger radiographs are drawn at a stride."""
+
+
+def draw_findings(ax, image: np.ndarray, findings: Sequence[GroundedFinding], heatmap: bool = True,
+                  mask: bool = True, boxes: bool = True) -> None:
+    """Several findings on one image, each in its own colour: heatmap as a tint whose opacity follows the map, mask
+    as an outline, boxes numbered; a legend below names them with their status."""
+    height, width = image.shape
+    step = max(1, -(-max(height, width) // DISPLAY_SIDE))
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # drawn at a stride, placed in original pixels
+    ax.imshow(image[::step, ::step], cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=extent)
+    for finding in findings:
+        colour = colors.to_rgb(finding.colour)
+        if heatmap:
+            shown = finding.result.heatmap[::step, ::step]
+            tint = np.zeros((*shown.shape, 4), dtype=np.float32)
+            tint[..., :3] = colour
+            tint[..., 3] = 0.55 * np.clip(np.nan_to_num(shown, nan=0.0), 0, 1)
+            ax.imshow(tint, interpolation="nearest", extent=extent)
+        if mask and finding.result.mask.any():
+            ax.contour(np.arange(0, width, step), np.arange(0, height, step),
+                       finding.result.mask[::step, ::step].astype(np.float32), levels=[0.5], colors=[colour],
+                       linewidths=1.2)
+        if boxes:
+            for box in finding.result.boxes:
+                ax.add_patch(patches.Rectangle((box.x - 0.5, box.y - 0.5), box.w, box.h, fill=False, ec=colour,
+                                               lw=1.5))
+                ax.text(box.x - 0.5, box.y - 0.5, str(finding.number), color="white", fontsize=7, va="bottom",
+                        bbox={"facecolor": colour, "edgecolor": "none", "pad": 1})
+    ax.axis("off")
+    handles = [patches.Patch(color=f.colour, label=_legend_label(f)) for f in findings]
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=8, frameon=False)
+
+
+def findings_figure(image: np.ndarray, findings: Sequence[GroundedFinding], heatmap: bool = True, mask: bool = True,
+                    boxes: bool = True):
+    """A figure of ``draw_findings`` sized for the image plus a legend line per finding."""
+    height, width = image.shape
+    side = 5.0
+    fig = plt.figure(figsize=(side * max(width / height, 0.6), side * min(height / width, 1.6) + 0.25 * len(findings)))
+    draw_findings(fig.add_subplot(), image, findings, heatmap, mask, boxes)
+    fig.tight_layout()
+    return fig
+
+
+def save_findings_overlay(path: Path, image: np.ndarray, findings: Sequence[GroundedFinding], heatmap: bool = True,
+                          mask: bool = True, boxes: bool = True) -> Path:
+    fig = findings_figure(image, findings, heatmap, mask, boxes)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def render_findings(image: np.ndarray, findings: Sequence[GroundedFinding], heatmap: bool = True, mask: bool = True,
+                    boxes: bool = True) -> np.ndarray:
+    """``save_findings_overlay`` as an RGB uint8 array (for the web page)."""
+    fig = findings_figure(image, findings, heatmap, mask, boxes)
+    fig.set_dpi(110)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return pixels
+
+
+def _legend_label(finding: GroundedFinding) -> str:
+    status = "" if finding.status in ("positive", "typed") else f" ({finding.status})"
+    flat = " - flat map, not located" if finding.result.flat else ""
+    return f"{finding.number}. {textwrap.shorten(finding.text, 70)}{status}{flat}"

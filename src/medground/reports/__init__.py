@@ -1,0 +1,1 @@
+"""Radiology reports: finding mentions and their status (medspaCy), and grounding every finding a report asserts."""
