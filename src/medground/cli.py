@@ -203,7 +203,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from medground.backbones.model_dir import load_model
     from medground.datasets import load_dataset
     from medground.evaluate.store import check_writable_folder
-    from medground.evaluate.sweep import parse_grid, run_sweep, sweep_table
+    from medground.evaluate.sweep import parse_grid, run_sweep
     from medground.toy.phantoms import VALIDATION_SEEDS
 
     grid = parse_grid(args.grid)
@@ -222,8 +222,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
     record = {"dataset": args.dataset, "root": str(args.root) if args.root else None, "seed": args.seed,
               "n": args.n, "model": args.model, "n_samples": len(load.samples)}
-    rows = run_sweep(load, model, args.preset, overrides_of(args), grid, args.out, record, resume=args.resume)
-    print(sweep_table(rows))
+    run_sweep(load, model, args.preset, overrides_of(args), grid, args.out, record, resume=args.resume)
+    print((args.out / "sweep.md").read_text())
     print(f"ranked table: {args.out / 'sweep.md'} and sweep.json; one run folder per combination in {args.out}")
     return 0
 

@@ -46,15 +46,24 @@ def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], 
     from medground.methods import MethodOptions, make_method
 
     out = Path(out)
-    rows = []
+    rows, skipped = [], []
+    methods = {}
+    for settings in combinations(grid):  # every combination is resolved against the model before any runs
+        try:
+            methods[combination_name(settings)] = make_method(
+                "ldm", MethodOptions(model=model, preset=preset, overrides={**base, **settings}))
+        except ConfigError as exc:
+            skipped.append({"settings": settings, "reason": str(exc)})
     for settings in combinations(grid):
+        if combination_name(settings) not in methods:
+            continue
         folder = out / combination_name(settings)
         row_file = folder / "sweep_row.json"
         if resume and row_file.is_file():
             rows.append(json.loads(row_file.read_text()))
             continue
         overrides = {**base, **settings}
-        method = make_method("ldm", MethodOptions(model=model, preset=preset, overrides=overrides))
+        method = methods[combination_name(settings)]
         record = {**run_record, "method": "ldm", "preset": preset, "overrides": overrides,
                   "config": method.grounder.config.to_dict()}
         started = time.perf_counter()
@@ -67,14 +76,16 @@ def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], 
                "seconds_per_phrase": (time.perf_counter() - started) / len(load.samples)}
         write_atomic(row_file, (json.dumps(row, indent=2) + "\n").encode())
         rows.append(row)
+    if not rows:
+        raise ConfigError(f"no combination of the grid fits the model: {skipped[0]['reason'] if skipped else ''}")
     ranked = sorted(rows, key=lambda row: -row["score"])
-    write_atomic(out / "sweep.json", (json.dumps({"rank_score": RANK_SCORE, "rows": ranked}, indent=2) + "\n")
-                 .encode())
-    write_atomic(out / "sweep.md", (sweep_table(ranked) + "\n").encode())
+    document = {"rank_score": RANK_SCORE, "rows": ranked, "skipped": skipped}
+    write_atomic(out / "sweep.json", (json.dumps(document, indent=2) + "\n").encode())
+    write_atomic(out / "sweep.md", (sweep_table(ranked, skipped) + "\n").encode())
     return ranked
 
 
-def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
+def sweep_table(rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, Any]] = ()) -> str:
     lines = [f"Ranked by {RANK_SCORE}.", "",
              "| rank | settings | mIoU | AUROC (binned) | AUROC (exact) | CNR | discrimination | UNet evals / phrase "
              "| seconds / phrase |", "|---|---|---|---|---|---|---|---|---|"]
@@ -84,6 +95,9 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {rank} | {settings} | {row['miou']:.3f} | {row['auroc']:.3f} | {row['auroc_exact']:.3f} | "
                      f"{row['cnr']:.2f} | {discrimination} | {row['unet_evaluations_per_phrase']:.0f} | "
                      f"{row['seconds_per_phrase']:.2f} |")
+    for entry in skipped:
+        settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in entry["settings"].items())
+        lines.append(f"\nSkipped {settings}: {entry['reason']}")
     return "\n".join(lines)
 
 

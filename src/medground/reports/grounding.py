@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medground.images import ImageInput, read_image
-from medground.outputs import output_name
+from medground.outputs import output_name, output_path
 from medground.reports.findings import Mention, read_mentions
 
 if TYPE_CHECKING:
@@ -122,16 +122,17 @@ def write_outputs(folder: Path, image_name: str | Path, pixels: np.ndarray, grou
 
     folder = Path(folder)
     what = grounding.report if grounding.report is not None else "\n".join(f.text for f in grounding.findings)
-    base = folder / output_name(image_name, f"{'report' if grounding.report is not None else 'phrases'}\n{what}")
+    kind = "report" if grounding.report is not None else "phrases"
+    base = output_path(folder, output_name(image_name, f"{kind}\n{what}"))
     document = {**record, **grounding.to_json()}
     written = []
     for finding, row in zip(grounding.findings, document["findings"]):
-        path = folder / f"{output_name(image_name, finding.text)}.npy"
+        path = output_path(folder, f"{output_name(image_name, finding.text)}.npy")
         np.save(path, finding.result.heatmap)
         row["heatmap_file"] = path.name
         written.append(path)
     if grounding.findings:
-        written.insert(0, save_findings_overlay(base.with_suffix(".png"), pixels, grounding.findings))
-    json_path = base.with_suffix(".json")
+        written.insert(0, save_findings_overlay(output_path(folder, base.name + ".png"), pixels, grounding.findings))
+    json_path = output_path(folder, base.name + ".json")
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     return [json_path, *written]
