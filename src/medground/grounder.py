@@ -23,7 +23,7 @@ from medground.engine.invert import (
     window_grid,
 )
 from medground.errors import ConfigError, ModelOutputError
-from medground.images import Geometry, ImageInput, read_image
+from medground.images import Geometry, ImageInput, PreparedImage, prepare_image
 from medground.readout.aggregate import average_attention_maps
 from medground.readout.boxes import GroundedBox, boxes_from_mask
 from medground.readout.threshold import smooth_and_threshold
@@ -102,15 +102,16 @@ class Grounder:
         phrases = [phrases] if isinstance(phrases, str) else list(phrases)
         return self.ground_many([(image, phrases)])[0]
 
-    def ground_many(self, items: Sequence[tuple[ImageInput, Sequence[str]]]) -> list[list[GroundingResult]]:
+    def ground_many(self, items: Sequence[tuple[ImageInput | PreparedImage, Sequence[str]]]
+                    ) -> list[list[GroundingResult]]:
         """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``."""
         started = time.perf_counter()
         counts_before = dict(self.unet_evaluations)
         size = self.model.image_size
         tokens = [[phrase_tokens(self.model.tokenizer, p) for p in _phrase_list(phrases)] for _, phrases in items]
-        pixels = [read_image(image) for image, _ in items]
-        geometries = [Geometry(width=p.shape[1], height=p.shape[0], size=size) for p in pixels]
-        inputs = [g.to_model(p) for g, p in zip(geometries, pixels)]
+        prepared = [prepare_image(image, size) for image, _ in items]
+        geometries = [p.geometry for p in prepared]
+        inputs = [p.model_input for p in prepared]
         image_index = [i for i, image_tokens in enumerate(tokens) for _ in image_tokens]
         flat_tokens = [t for image_tokens in tokens for t in image_tokens]
         if not flat_tokens:
@@ -135,11 +136,9 @@ class Grounder:
             results[image_number].append(self._finish(phrase.phrase, maps[row], geometries[image_number], timings))
         return results
 
-    def is_cached(self, image: ImageInput) -> bool:
+    def is_cached(self, image: ImageInput | PreparedImage) -> bool:
         """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
-        pixels = read_image(image)
-        model_input = Geometry(pixels.shape[1], pixels.shape[0], self.model.image_size).to_model(pixels)
-        return self._trajectory_key(model_input) in self._trajectories
+        return self._trajectory_key(prepare_image(image, self.model.image_size).model_input) in self._trajectories
 
     @contextlib.contextmanager
     def _numerics(self) -> Iterator[None]:
@@ -173,7 +172,7 @@ class Grounder:
         fresh: dict[str, WindowLatents] = {}
         for begin in range(0, len(missing), self.batch_size):
             chunk = missing[begin : begin + self.batch_size]
-            batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device)
+            batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device, non_blocking=True)
             window = invert_to_window(self.model, self.model.encode_images(batch), self.config, self.progress)
             self.unet_evaluations["unconditional"] += unconditional_evaluations(self.config) * len(chunk)
             fresh.update({key: window.select([i]) for i, key in enumerate(chunk)})
