@@ -74,6 +74,8 @@ class Grounder:
     The unconditional trajectory inside the window is cached per image (content hash + model + the
     settings that shape it), so a later query on the same image runs only the conditional passes.
     ``precision``: ``fp32`` (default, exact), or on CUDA the faster ``tf32``, ``bf16``, ``fp16`` (see PRECISIONS).
+    ``batch_size``: images per inversion batch, and UNet batch elements per conditional pass (several window steps
+    share a pass when the phrases leave room).
     """
 
     def __init__(self, model: Backbone, config: GroundingConfig | str | None = None,
@@ -119,7 +121,7 @@ class Grounder:
         with self._numerics():
             window = self.window_latents(inputs)
             inverted = time.perf_counter()
-            recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
+            recorded = record_attention(self.model, window, image_index, flat_tokens, self.config, self.batch_size)
         self.unet_evaluations["conditional"] += recorded.conditional_evaluations
         recorded_at = time.perf_counter()
         upsample = self.config.upsample_size or size

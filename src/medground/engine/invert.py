@@ -87,15 +87,23 @@ def invert_to_window(backbone: Backbone, latents: torch.Tensor, config: Groundin
 
 @torch.no_grad()
 def record_attention(backbone: Backbone, window: WindowLatents, image_index: Sequence[int],
-                     phrases: Sequence[PhraseTokens], config: GroundingConfig) -> RecordedAttention:
-    """Run the conditional passes of all (image, phrase) pairs as one batch per window step."""
+                     phrases: Sequence[PhraseTokens], config: GroundingConfig,
+                     batch_limit: int | None = None) -> RecordedAttention:
+    """Run the conditional passes of all (image, phrase) pairs: every pass holds all pairs at one or more window
+    steps (as many as fit in ``batch_limit`` UNet batch elements, at least one; each element at its own timestep)."""
     context = backbone.embed_text([p.phrase for p in phrases])
     weights = token_weights(phrases, context.shape[1])
-    index = torch.as_tensor(list(image_index), dtype=torch.long)
+    index = torch.as_tensor(list(image_index), dtype=torch.long, device=window.latents.device)
+    per_pass = max(1, (batch_limit or len(phrases)) // len(phrases))
     with CrossAttentionRecorder(backbone, config.cross_attention_layers, weights,
                                 config.normalise_each_map) as recorder:
-        for timestep, latent in zip(window.timesteps, window.latents):
-            batch = latent[index.to(latent.device)]
-            recorder.conditional_pass(lambda: backbone.predict(batch, timestep, context))  # noqa: B023
+        for start in range(0, len(window.timesteps), per_pass):
+            steps = range(start, min(start + per_pass, len(window.timesteps)))
+            batch = torch.cat([window.latents[step][index] for step in steps])
+            timesteps = torch.tensor([window.timesteps[step] for step in steps], device=batch.device)
+            timesteps = timesteps.repeat_interleave(len(phrases))
+            contexts = context.repeat(len(steps), 1, 1)
+            recorder.conditional_pass(lambda: backbone.predict(batch, timesteps, contexts),  # noqa: B023
+                                      steps=len(steps))
     return RecordedAttention(per_layer=recorder.sums, steps=recorder.steps,
                              conditional_evaluations=recorder.steps * len(phrases), peak_bytes=recorder.peak_bytes)

@@ -25,7 +25,7 @@ class CrossAttentionRecorder:
     """Context manager that sums phrase-token attention maps of ``layers`` over conditional passes.
 
     ``token_weights`` is (P, L): row p averages phrase p's kept token positions. The batch of every
-    conditional pass must hold the P phrases in that order.
+    conditional pass must hold the P phrases in that order, once per window step the pass covers.
     """
 
     def __init__(self, backbone: Backbone, layers: Sequence[str], token_weights: torch.Tensor,
@@ -50,8 +50,9 @@ class CrossAttentionRecorder:
     def __exit__(self, *exc_info: object) -> None:
         self._capture.__exit__(*exc_info)
 
-    def conditional_pass(self, run_unet: Callable[[], object]) -> None:
-        """Run one conditional UNet pass and add its maps; the pass stops after the last recorded layer."""
+    def conditional_pass(self, run_unet: Callable[[], object], steps: int = 1) -> None:
+        """Run one conditional UNet pass over ``steps`` window steps and add its maps; the pass stops after the
+        last recorded layer."""
         self._recording, self._fired = True, 0
         try:
             run_unet()
@@ -61,7 +62,7 @@ class CrossAttentionRecorder:
             self._recording = False
         if self._fired != len(self.layers):
             raise RuntimeError(f"only {self._fired} of {len(self.layers)} recorded layers ran in the pass")
-        self.steps += 1
+        self.steps += steps
 
     def _sink(self, path: str, probabilities: torch.Tensor) -> None:
         if not self._recording:
@@ -72,8 +73,10 @@ class CrossAttentionRecorder:
             raise _ConditionalPassDone
 
     def _add(self, path: str, probabilities: torch.Tensor) -> None:
-        # probabilities: (P, heads, queries, tokens) -> heads and the phrase's tokens averaged -> (P, queries)
-        weights = self.token_weights.to(probabilities.device, torch.float32)
+        # probabilities: (steps * P, heads, queries, tokens) -> heads and the phrase's tokens averaged
+        phrases = self.token_weights.shape[0]
+        weights = self.token_weights.to(probabilities.device, torch.float32).repeat(
+            probabilities.shape[0] // phrases, 1)
         maps = torch.einsum("phqt,pt->pq", probabilities.float(), weights) / probabilities.shape[1]
         side = math.isqrt(maps.shape[1])
         if side * side != maps.shape[1]:
@@ -83,6 +86,7 @@ class CrossAttentionRecorder:
             low = maps.amin(dim=(1, 2), keepdim=True)
             span = maps.amax(dim=(1, 2), keepdim=True) - low
             maps = torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+        maps = maps.reshape(-1, phrases, side, side).sum(dim=0)  # the pass's steps, summed: (P, side, side)
         self.sums[path] = self.sums[path] + maps if path in self.sums else maps
         held = sum(t.numel() * t.element_size() for t in self.sums.values())
         self.peak_bytes = max(self.peak_bytes, held + probabilities.numel() * probabilities.element_size())
