@@ -75,12 +75,13 @@ class Grounder:
     settings that shape it), so a later query on the same image runs only the conditional passes.
     ``precision``: ``fp32`` (default, exact), or on CUDA the faster ``tf32``, ``bf16``, ``fp16`` (see PRECISIONS).
     ``batch_size``: images per inversion batch, and UNet batch elements per conditional pass (several window steps
-    share a pass when the phrases leave room).
+    share a pass when the phrases leave room). ``compile``: run the unconditional trajectory through a compiled UNet
+    (``Backbone.compiled``; the first batch of each shape pays the compile time).
     """
 
     def __init__(self, model: Backbone, config: GroundingConfig | str | None = None,
                  overrides: dict[str, Any] | None = None, progress: bool = False, batch_size: int = 8,
-                 precision: str = "fp32", cache_size: int = 64) -> None:
+                 precision: str = "fp32", cache_size: int = 64, compile: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and model.device.type != "cuda":
@@ -95,6 +96,7 @@ class Grounder:
         self.batch_size = batch_size
         self.precision = precision
         self.cache_size = cache_size
+        self.compile = compile
         self._trajectories: OrderedDict[str, WindowLatents] = OrderedDict()
         self.unet_evaluations = {"unconditional": 0, "conditional": 0}
         """Running count of UNet evaluations (batch elements) done by this grounder."""
@@ -175,7 +177,8 @@ class Grounder:
         for begin in range(0, len(missing), self.batch_size):
             chunk = missing[begin : begin + self.batch_size]
             batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device, non_blocking=True)
-            window = invert_to_window(self.model, self.model.encode_images(batch), self.config, self.progress)
+            window = invert_to_window(self._inversion_model(), self.model.encode_images(batch), self.config,
+                                      self.progress)
             self.unet_evaluations["unconditional"] += unconditional_evaluations(self.config) * len(chunk)
             fresh.update({key: window.select([i]) for i, key in enumerate(chunk)})
         parts = [fresh[k] if k in fresh else self._trajectories[k] for k in keys]
@@ -186,6 +189,11 @@ class Grounder:
         while len(self._trajectories) > self.cache_size:
             self._trajectories.popitem(last=False)
         return WindowLatents.concat(parts)
+
+    def _inversion_model(self) -> Backbone:
+        """The model the unconditional trajectory runs on: with ``compile``, the one whose UNet is compiled.
+        Conditional passes always run eagerly: capture hooks into the UNet and cuts each pass short."""
+        return self.model.compiled() if self.compile else self.model
 
     def _finish(self, phrase: str, attention: np.ndarray, geometry: Geometry,
                 timings: dict[str, float]) -> GroundingResult:

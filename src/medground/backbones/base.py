@@ -169,7 +169,21 @@ class Backbone(ABC):
         clone.text_encoder = type(encoder)(encoder.config).to(self.device).eval().requires_grad_(False)
         clone.name = f"{self.name}-untrained-{seed}"
         clone.__dict__.pop("_grid_sides", None)
+        clone.__dict__.pop("_compiled", None)
         return clone
+
+    def compiled(self) -> Backbone:
+        """The same model (every weight shared) with its UNet under ``torch.compile``, made once per model so every
+        Grounder on it shares the compiled code: inductor with frozen weights (constant-folded, and on the CPU
+        prepacked for oneDNN, which also picks its own memory layout such as channels_last), static shapes (one
+        compile per batch shape), and on CUDA CUDA graphs (``reduce-overhead``). For passes without attention
+        capture only: capture hooks into the eager modules and cuts passes short."""
+        if "_compiled" not in self.__dict__:
+            clone = copy.copy(self)
+            clone.unet = torch.compile(self.unet, mode="reduce-overhead" if self.device.type == "cuda" else None,
+                                       dynamic=False, options={"freezing": True})
+            self._compiled = clone
+        return self._compiled
 
     @abstractmethod
     def fresh_unet(self) -> nn.Module:
