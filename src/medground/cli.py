@@ -203,6 +203,56 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from medground.batch.manifest import Manifest
+    from medground.batch.runner import run_batch, summary_line
+    from medground.batch.work import BatchJob
+    from medground.evaluate.store import check_writable_folder
+
+    manifest = Manifest.open(args.manifest, args.root)
+    check_writable_folder(args.out)
+    _quiet_transformers()
+    job = BatchJob(model=args.model, preset=args.preset, overrides=overrides_of(args), device=args.device,
+                   precision=args.precision, text_encoder=args.text_encoder, batch_size=args.batch_size,
+                   compile=args.compile, map_side=args.map_side, map_dtype=args.map_dtype)
+    summary = run_batch(manifest, args.out, job, resume=args.resume, images_per_unit=args.unit_images,
+                        loader_workers=args.loader_workers)
+    print(summary_line(summary, args.out))
+    return 0
+
+
+def _add_batch_command(commands: Any, model_flags: argparse.ArgumentParser) -> None:
+    from medground.batch.manifest import IMAGES_PER_UNIT
+
+    batch = commands.add_parser(
+        "batch", parents=[model_flags], help="ground every (image, phrase) of a manifest into Parquet "
+        "(streaming, resumable)",
+        description="Ground every row of MANIFEST (CSV, JSONL or Parquet; columns image, phrase or phrases, optional "
+        "id) into OUT/parts/*.parquet: one row per (manifest row, phrase) with id, image, phrase, boxes and scores, "
+        "mask area, timings and the map (the model's centre crop, --map-side squared, --map-dtype). Phrases of one "
+        "image share one inversion. Memory stays bounded whatever the manifest's size; after a kill, --resume "
+        "continues without losing or repeating a row. Read the result with pandas.read_parquet('OUT/parts').")
+    batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest file (.csv, .jsonl or .parquet)")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    batch.add_argument("--root", type=Path, default=None,
+                       help="folder relative image paths start from (default: the manifest's folder)")
+    batch.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    batch.add_argument("--batch-size", type=positive_int, default=None,
+                       help="images per inversion batch (default: from free GPU memory; 8 on the CPU)")
+    batch.add_argument("--unit-images", type=positive_int, default=IMAGES_PER_UNIT,
+                       help=f"images per work unit, the grain of output and resume (default {IMAGES_PER_UNIT})")
+    batch.add_argument("--compile", action="store_true",
+                       help="run the inversion through a compiled UNet (torch.compile; CUDA graphs on CUDA); the first "
+                       "batch of each shape pays the compile time")
+    batch.add_argument("--map-side", type=positive_int, default=64,
+                       help="side of the stored map, a divisor of the model's input side (default 64)")
+    batch.add_argument("--map-dtype", default="float16", choices=["float16", "float32"],
+                       help="stored map values (default float16: 8 KB per row at side 64)")
+    batch.add_argument("--loader-workers", type=non_negative_int, default=None,
+                       help="local engine: processes decoding images ahead (default: 1 on the CPU, up to 4 on CUDA)")
+    batch.set_defaults(func=cmd_batch)
+
+
 def _model_flags() -> argparse.ArgumentParser:
     """Flags of every command that runs a latent diffusion model."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -260,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="run folder")
     evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     evaluate.set_defaults(func=cmd_eval)
+
+    _add_batch_command(commands, model_flags)
 
     compare = commands.add_parser("compare", help="compare evaluation runs side by side",
                                   description="Per class and overall means of several runs on the samples they "
