@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build first: with torch already satisfied, the project install pulls no CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,app]"
+	$(BIN)/python -m pip install -q -e ".[dev,app,ray]"
 	touch $(STAMP)
 
 # The browser tests (tests/test_browser.py) drive Debian's Chromium through its chromedriver; apt needs root.

@@ -1,11 +1,14 @@
 """Engine vs the paper-faithful reference (tests/reference_paper.py), measured side by side.
 
-    python benchmarks/engine.py --quick [--json]        # 2 CPU cores, about 2 minutes
+    python benchmarks/engine.py --quick [--json]        # 2 CPU cores, about 3 minutes
     python benchmarks/engine.py --device cuda [--precision bf16]   # the paper's full configuration
 
 Both run on the same random-weight model of the paper's layout and the same real radiograph. Reported:
 UNet evaluations (batch elements) and wall time per (image, phrase) for 1 and 4 phrases, bytes of
-recorded attention, the max |diff| of the final maps, and the ratios reference / engine.
+recorded attention, the max |diff| of the final maps, and the ratios reference / engine. The engine runs its
+inversion through the compiled UNet (``Grounder(compile=True)``; ``--no-compile`` for the eager one): the compile
+is paid once per model and shape, during the warm-up, and reported apart (``compile``) with the eager engine's
+times and the number of images after which it has paid for itself.
 """
 
 from __future__ import annotations
@@ -51,9 +54,15 @@ def run(args: argparse.Namespace) -> dict:
         reference_model = load_model(model_dir, device=args.device)
         engine_model = load_model(model_dir, device=args.device)
     image = args.image
-    # warm-up of both paths (kernel selection, allocator), not timed
+    # warm-up of every path (kernel selection, allocator; the compile), timed apart
     reference_heatmap(reference_model, image, PHRASES[0], num_timesteps=steps)
     Grounder(engine_model, config, precision=args.precision).ground(image, PHRASES[0])
+    synchronise(args.device)
+    started = time.perf_counter()
+    if args.compile:
+        Grounder(engine_model, config, precision=args.precision, compile=True).ground(image, PHRASES[0])
+    synchronise(args.device)
+    first_compiled_call = time.perf_counter() - started
 
     reference = {"seconds": [], "maps": [], "stats": []}
     for phrase in PHRASES:
@@ -66,17 +75,8 @@ def run(args: argparse.Namespace) -> dict:
         reference["maps"].append(model_map)
         reference["stats"].append(stats)
 
-    engine = {}
-    for count in (1, 4):
-        grounder = Grounder(engine_model, config, precision=args.precision)
-        if args.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        synchronise(args.device)
-        started = time.perf_counter()
-        results = grounder.ground(image, PHRASES[:count])
-        synchronise(args.device)
-        engine[count] = {"seconds": time.perf_counter() - started, "results": results,
-                         "evaluations": sum(grounder.unet_evaluations.values())}
+    engine = time_engine(engine_model, config, image, args, compile=args.compile)
+    eager = time_engine(engine_model, config, image, args, compile=False) if args.compile else engine
 
     window = config.window
     engine_bytes = int(engine[4]["results"][0].timings["recorded_attention_bytes"])
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> dict:
                    "attention_bytes_4": engine_bytes},
         "speedup_1": ref_1 / engine[1]["seconds"],
         "speedup_4": ref_4 / engine[4]["seconds"],
+        "compile": compile_report(args.compile, first_compiled_call, engine, eager),
         "max_abs_diff": float(max(d.max() for d in diffs)),
         "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
         "mask_disagreement": float(np.mean([((e > 0) != (r > 0)).mean() for e, r in pairs])),
@@ -105,6 +106,29 @@ def run(args: argparse.Namespace) -> dict:
                                      "engine_4": engine[4]["seconds"] / 4},
     }
     return report
+
+
+def time_engine(model, config, image, args: argparse.Namespace, compile: bool) -> dict:
+    engine = {}
+    for count in (1, 4):
+        grounder = Grounder(model, config, precision=args.precision, compile=compile)
+        synchronise(args.device)
+        started = time.perf_counter()
+        results = grounder.ground(image, PHRASES[:count])
+        synchronise(args.device)
+        engine[count] = {"seconds": time.perf_counter() - started, "results": results,
+                         "evaluations": sum(grounder.unet_evaluations.values())}
+    return engine
+
+
+def compile_report(compiled: bool, first_call: float, engine: dict, eager: dict) -> dict | None:
+    """Compile time = the first compiled call minus a warm one; paid back after ``break_even_images`` images."""
+    if not compiled:
+        return None
+    seconds = max(first_call - engine[1]["seconds"], 0.0)
+    saved = eager[1]["seconds"] - engine[1]["seconds"]
+    return {"seconds": seconds, "eager_seconds_1": eager[1]["seconds"], "eager_seconds_4": eager[4]["seconds"],
+            "saved_seconds_per_image": saved, "break_even_images": seconds / saved if saved > 0 else None}
 
 
 def print_table(report: dict) -> None:
@@ -122,6 +146,11 @@ def print_table(report: dict) -> None:
           f"{eng['attention_bytes_4']:,} |")
     print(f"speedup_1 {report['speedup_1']:.2f}x, speedup_4 {report['speedup_4']:.2f}x, max |diff| "
           f"{report['max_abs_diff']:.2e}, attention bytes ratio {report['attention_bytes_ratio']:.2e}")
+    if report["compile"]:
+        c = report["compile"]
+        print(f"compiled UNet: compile {c['seconds']:.1f} s once; eager engine {c['eager_seconds_1']:.2f} s "
+              f"(1 phrase), {c['eager_seconds_4']:.2f} s (4); paid back after "
+              f"{c['break_even_images'] or float('inf'):.0f} images")
 
 
 def main() -> None:
@@ -136,6 +165,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
     parser.add_argument("--image", type=Path, default=IMAGE)
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="run the engine's inversion eagerly (default: through the compiled UNet)")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false",
                         help="CUDA: the reference in plain fp32 too (PyTorch lets cuDNN convolutions use TF32 by "
                         "default; the engine's fp32 precision always switches TF32 off)")
@@ -146,7 +177,8 @@ def main() -> None:
     if args.json:
         headline = ("speedup_1", "speedup_4", "max_abs_diff", "mean_abs_diff", "mask_disagreement",
                     "attention_bytes_ratio")
-        print(json.dumps({k: report[k] for k in headline}
+        compile_seconds = report["compile"]["seconds"] if report["compile"] else None
+        print(json.dumps({k: report[k] for k in headline} | {"compile_seconds": compile_seconds}
                          | {"details": report}, indent=2))
     else:
         print_table(report)

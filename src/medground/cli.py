@@ -187,12 +187,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "n": args.n if args.dataset == "phantoms" else None, "n_samples": len(load.samples),
                 "skipped_samples": load.skipped_samples, "dropped_boxes": load.dropped_boxes}
     _quiet_transformers()
-    method = make_method(args.method, MethodOptions(
+    method_options = MethodOptions(
         model=args.model, preset=args.preset, overrides=overrides, device=args.device, precision=args.precision,
-        text_encoder=args.text_encoder, biovil_weights=args.biovil_weights))
+        text_encoder=args.text_encoder, biovil_weights=args.biovil_weights)
+    method = make_method(args.method, method_options)
     if lm:
         settings["config"] = method.grounder.config.to_dict()
-    summary = run_evaluation(load, method, RunWriter(args.out), settings, resume=args.resume)
+    cluster = cluster_options(args)
+    executor = None
+    if cluster is not None:
+        from medground.cluster import ray_executor
+        from medground.evaluate.runner import GroupScoring
+
+        executor = ray_executor(GroupScoring(args.method, method_options), cluster)
+    summary = run_evaluation(load, method, RunWriter(args.out), settings, resume=args.resume, executor=executor)
     print(summary_markdown(summary))
     print(f"per-sample results: {args.out / 'samples.jsonl'}; summaries: {args.out}/summary.{{json,md,csv}}; "
           f"contact sheet: {args.out / 'contact_sheet.png'}")
@@ -296,6 +304,84 @@ def read_report_text(source: str) -> str:
             from None
 
 
+def cluster_options(args: argparse.Namespace) -> Any:
+    """None for ``--engine local``, else where and how wide to run on Ray."""
+    from medground.cluster import ClusterOptions
+
+    if args.engine == "local":
+        if args.address or args.workers:
+            raise ConfigError("--address and --workers need --engine ray")
+        return None
+    return ClusterOptions(address=args.address, workers=args.workers, device=args.device, threads=args.worker_threads)
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from medground.batch.manifest import Manifest
+    from medground.batch.runner import run_batch, summary_line
+    from medground.batch.work import BatchJob
+    from medground.evaluate.store import check_writable_folder
+
+    manifest = Manifest.open(args.manifest, args.root)
+    check_writable_folder(args.out)
+    cluster = cluster_options(args)
+    _quiet_transformers()
+    job = BatchJob(model=args.model, preset=args.preset, overrides=overrides_of(args), device=args.device,
+                   precision=args.precision, text_encoder=args.text_encoder, batch_size=args.batch_size,
+                   compile=args.compile, map_side=args.map_side, map_dtype=args.map_dtype)
+    summary = run_batch(manifest, args.out, job, resume=args.resume, images_per_unit=args.unit_images,
+                        cluster=cluster, loader_workers=args.loader_workers)
+    print(summary_line(summary, args.out))
+    return 0
+
+
+def _engine_flags() -> argparse.ArgumentParser:
+    """Flags of the commands that can run on a Ray cluster."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("engine")
+    group.add_argument("--engine", default="local", choices=["local", "ray"],
+                       help="local: this process (default); ray: a Ray cluster, one actor per GPU (--device cuda) or "
+                       "CPU actors (needs medground[ray])")
+    group.add_argument("--address", default=None, help="ray: address of an existing cluster (auto, host:6379, "
+                       "ray://host:10001); default: start a local one for this run")
+    group.add_argument("--workers", type=positive_int, default=None,
+                       help="ray: actors (default: the cluster's GPUs, or its CPUs / --worker-threads)")
+    group.add_argument("--worker-threads", type=positive_int, default=1, help="ray: CPUs per CPU actor (default 1)")
+    return parent
+
+
+def _add_batch_command(commands: Any, model_flags: argparse.ArgumentParser,
+                       engine_flags: argparse.ArgumentParser) -> None:
+    from medground.batch.manifest import IMAGES_PER_UNIT
+
+    batch = commands.add_parser(
+        "batch", parents=[model_flags, engine_flags], help="ground every (image, phrase) of a manifest into Parquet "
+        "(streaming, resumable)",
+        description="Ground every row of MANIFEST (CSV, JSONL or Parquet; columns image, phrase or phrases, optional "
+        "id) into OUT/parts/*.parquet: one row per (manifest row, phrase) with id, image, phrase, boxes and scores, "
+        "mask area, timings and the map (the model's centre crop, --map-side squared, --map-dtype). Phrases of one "
+        "image share one inversion. Memory stays bounded whatever the manifest's size; after a kill, --resume "
+        "continues without losing or repeating a row. Read the result with pandas.read_parquet('OUT/parts').")
+    batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest file (.csv, .jsonl or .parquet)")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    batch.add_argument("--root", type=Path, default=None,
+                       help="folder relative image paths start from (default: the manifest's folder)")
+    batch.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    batch.add_argument("--batch-size", type=positive_int, default=None,
+                       help="images per inversion batch (default: from free GPU memory; 8 on the CPU)")
+    batch.add_argument("--unit-images", type=positive_int, default=IMAGES_PER_UNIT,
+                       help=f"images per work unit, the grain of output and resume (default {IMAGES_PER_UNIT})")
+    batch.add_argument("--compile", action="store_true",
+                       help="run the inversion through a compiled UNet (torch.compile; CUDA graphs on CUDA); the first "
+                       "batch of each shape pays the compile time")
+    batch.add_argument("--map-side", type=positive_int, default=64,
+                       help="side of the stored map, a divisor of the model's input side (default 64)")
+    batch.add_argument("--map-dtype", default="float16", choices=["float16", "float32"],
+                       help="stored map values (default float16: 8 KB per row at side 64)")
+    batch.add_argument("--loader-workers", type=non_negative_int, default=None,
+                       help="local engine: processes decoding images ahead (default: 1 on the CPU, up to 4 on CUDA)")
+    batch.set_defaults(func=cmd_batch)
+
+
 def _model_flags() -> argparse.ArgumentParser:
     """Flags of every command that runs a latent diffusion model."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -322,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_flags = _model_flags()
+    engine_flags = _engine_flags()
 
     ground = commands.add_parser("ground", parents=[model_flags],
                                  help="ground phrases in one image and write heatmaps, overlays, JSON",
@@ -362,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     evaluate = commands.add_parser(
-        "eval", parents=[model_flags], help="evaluate a method on a dataset (resumable) and write paper-style tables",
+        "eval", parents=[model_flags, engine_flags],
+        help="evaluate a method on a dataset (resumable) and write paper-style tables",
         description="Run METHOD over every sample of a dataset. RUN_DIR/samples.jsonl gets one line per sample as "
         "it goes (use --resume after an interruption; one run per folder at a time); then summary.json/.md/.csv (per "
         "class mean and std, and the paper's headline: the unweighted mean over classes +- std across classes) and "
@@ -396,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, required=True, help="sweep folder")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     sweep.set_defaults(func=cmd_sweep)
+
+
+    _add_batch_command(commands, model_flags, engine_flags)
 
     compare = commands.add_parser("compare", help="compare evaluation runs side by side",
                                   description="Per class and overall means of several runs on the samples they "

@@ -18,7 +18,7 @@ from medground.config import PRECISIONS, GroundingConfig, ModelFacts, resolve
 from medground.engine.invert import WindowLatents, unconditional_evaluations, window_latents
 from medground.engine.record import record_attention
 from medground.errors import ConfigError, ModelOutputError
-from medground.images import Geometry, ImageInput, read_image
+from medground.images import Geometry, ImageInput, PreparedImage, prepare_image
 from medground.readout.aggregate import average_attention_maps, upsample
 from medground.readout.bbm import merge_biases
 from medground.readout.boxes import GroundedBox, boxes_from_mask
@@ -73,11 +73,14 @@ class Grounder:
     The unconditional trajectory inside the window is cached per image (content hash + model + the
     settings that shape it), so a later query on the same image runs only the conditional passes.
     ``precision``: ``fp32`` (default, exact), or on CUDA the faster ``tf32``, ``bf16``, ``fp16`` (see PRECISIONS).
+    ``batch_size``: images per inversion batch, and UNet batch elements per conditional pass (several window steps
+    share a pass when the phrases leave room). ``compile``: run the unconditional trajectory through a compiled UNet
+    (``Backbone.compiled``; the first batch of each shape pays the compile time).
     """
 
     def __init__(self, model: Backbone, config: GroundingConfig | str | None = None,
                  overrides: dict[str, Any] | None = None, progress: bool = False, batch_size: int = 8,
-                 precision: str = "fp32", cache_size: int = 64) -> None:
+                 precision: str = "fp32", cache_size: int = 64, compile: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and model.device.type != "cuda":
@@ -92,6 +95,7 @@ class Grounder:
         self.batch_size = batch_size
         self.precision = precision
         self.cache_size = cache_size
+        self.compile = compile
         self._trajectories: OrderedDict[str, WindowLatents] = OrderedDict()
         self.unet_evaluations = {"unconditional": 0, "conditional": 0}
         """Running count of UNet evaluations (batch elements) done by this grounder."""
@@ -108,16 +112,17 @@ class Grounder:
 
         return ground_report(self, image, report)
 
-    def ground_many(self, items: Sequence[tuple[ImageInput, Sequence[str]]]) -> list[list[GroundingResult]]:
+    def ground_many(self, items: Sequence[tuple[ImageInput | PreparedImage, Sequence[str]]]
+                    ) -> list[list[GroundingResult]]:
         """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``."""
         started = time.perf_counter()
         counts_before = dict(self.unet_evaluations)
         size = self.model.image_size
         rule = self.config.token_rule
         tokens = [[phrase_tokens(self.model.tokenizer, p, rule) for p in _phrase_list(phrases)] for _, phrases in items]
-        pixels = [read_image(image) for image, _ in items]
-        geometries = [Geometry(width=p.shape[1], height=p.shape[0], size=size) for p in pixels]
-        inputs = [g.to_model(p) for g, p in zip(geometries, pixels)]
+        prepared = [prepare_image(image, size) for image, _ in items]
+        geometries = [p.geometry for p in prepared]
+        inputs = [p.model_input for p in prepared]
         image_index = [i for i, image_tokens in enumerate(tokens) for _ in image_tokens]
         flat_tokens = [t for image_tokens in tokens for t in image_tokens]
         if not flat_tokens:
@@ -125,7 +130,7 @@ class Grounder:
         with self._numerics():
             window = self.window_latents(inputs)
             inverted = time.perf_counter()
-            recorded = record_attention(self.model, window, image_index, flat_tokens, self.config)
+            recorded = record_attention(self.model, window, image_index, flat_tokens, self.config, self.batch_size)
         self.unet_evaluations["conditional"] += recorded.conditional_evaluations
         recorded_at = time.perf_counter()
         maps = self._activation(recorded).numpy()
@@ -154,11 +159,9 @@ class Grounder:
         merged = merge_biases(activation, recorded.image_bias, recorded.text_bias)
         return merged if side == latent else upsample(merged, side, "bilinear")
 
-    def is_cached(self, image: ImageInput) -> bool:
+    def is_cached(self, image: ImageInput | PreparedImage) -> bool:
         """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
-        pixels = read_image(image)
-        model_input = Geometry(pixels.shape[1], pixels.shape[0], self.model.image_size).to_model(pixels)
-        return self._trajectory_key(model_input) in self._trajectories
+        return self._trajectory_key(prepare_image(image, self.model.image_size).model_input) in self._trajectories
 
     @contextlib.contextmanager
     def _numerics(self) -> Iterator[None]:
@@ -193,8 +196,9 @@ class Grounder:
         fresh: dict[str, WindowLatents] = {}
         for begin in range(0, len(missing), self.batch_size):
             chunk = missing[begin : begin + self.batch_size]
-            batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device)
-            window = window_latents(self.model, self.model.encode_images(batch), self.config, self.progress)
+            batch = torch.cat([input_of[k] for k in chunk]).to(self.model.device, non_blocking=True)
+            window = window_latents(self._inversion_model(), self.model.encode_images(batch), self.config,
+                                    self.progress)
             self.unet_evaluations["unconditional"] += unconditional_evaluations(self.config) * len(chunk)
             fresh.update({key: window.select([i]) for i, key in enumerate(chunk)})
         parts = [fresh[k] if k in fresh else self._trajectories[k] for k in keys]
@@ -205,6 +209,11 @@ class Grounder:
         while len(self._trajectories) > self.cache_size:
             self._trajectories.popitem(last=False)
         return WindowLatents.concat(parts)
+
+    def _inversion_model(self) -> Backbone:
+        """The model the unconditional trajectory runs on: with ``compile``, the one whose UNet is compiled.
+        Conditional passes always run eagerly: capture hooks into the UNet and cuts each pass short."""
+        return self.model.compiled() if self.compile else self.model
 
     def _finish(self, phrase: str, attention: np.ndarray, geometry: Geometry,
                 timings: dict[str, float]) -> GroundingResult:

@@ -265,6 +265,30 @@ class Geometry:
         return out
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image read and mapped to the model's input: all the Grounder needs of it. Preparing is the CPU part of a
+    query (decoding PNG/DICOM, resizing), so batch runs do it ahead on loader workers while the device computes."""
+
+    geometry: Geometry
+    model_input: torch.Tensor
+    """(1, 1, size, size) float32 in [0, 1]."""
+
+    def pin_memory(self) -> PreparedImage:
+        return PreparedImage(self.geometry, self.model_input.pin_memory())
+
+
+def prepare_image(image: ImageInput | PreparedImage, size: int) -> PreparedImage:
+    """Read ``image`` (unless already prepared) and map it to a ``size`` x ``size`` model input."""
+    if isinstance(image, PreparedImage):
+        if image.geometry.size != size:
+            raise ImageError(f"image was prepared for a {image.geometry.size}-pixel model, this one takes {size}")
+        return image
+    pixels = read_image(image)
+    geometry = Geometry(width=pixels.shape[1], height=pixels.shape[0], size=size)
+    return PreparedImage(geometry, geometry.to_model(pixels))
+
+
 def box_pixel_slices(box: Box, height: int, width: int) -> tuple[slice, slice]:
     """Rows and columns covered by an (x, y, w, h) box: [y, y + h) rounded half up, clipped to the image.
 

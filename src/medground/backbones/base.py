@@ -114,8 +114,9 @@ class Backbone(ABC):
         """Prompts padded to ``max_text_length`` -> the hidden states the UNet attends to, (B, L, D)."""
 
     @abstractmethod
-    def predict(self, latents: torch.Tensor, timestep: int, context: torch.Tensor) -> torch.Tensor:
-        """The UNet's output (epsilon or v, see ``noise_schedule``) at one timestep shared by the batch."""
+    def predict(self, latents: torch.Tensor, timestep: int | torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The UNet's output (epsilon or v, see ``noise_schedule``) at one timestep shared by the batch, or at one
+        timestep per batch element (a tensor as long as the batch)."""
 
     @abstractmethod
     def attention_layers(self, kind: Literal["cross", "self"] = "cross") -> list[str]:
@@ -178,7 +179,21 @@ class Backbone(ABC):
         clone.text_encoder = type(encoder)(encoder.config).to(self.device).eval().requires_grad_(False)
         clone.name = f"{self.name}-untrained-{seed}"
         clone.__dict__.pop("_grid_sides", None)
+        clone.__dict__.pop("_compiled", None)
         return clone
+
+    def compiled(self) -> Backbone:
+        """The same model (every weight shared) with its UNet under ``torch.compile``, made once per model so every
+        Grounder on it shares the compiled code: inductor with frozen weights (constant-folded, and on the CPU
+        prepacked for oneDNN, which also picks its own memory layout such as channels_last), static shapes (one
+        compile per batch shape), and on CUDA CUDA graphs (``reduce-overhead``). For passes without attention
+        capture only: capture hooks into the eager modules and cuts passes short."""
+        if "_compiled" not in self.__dict__:
+            clone = copy.copy(self)
+            clone.unet = torch.compile(self.unet, mode="reduce-overhead" if self.device.type == "cuda" else None,
+                                       dynamic=False, options={"freezing": True})
+            self._compiled = clone
+        return self._compiled
 
     @abstractmethod
     def fresh_unet(self) -> nn.Module:

@@ -107,7 +107,7 @@ class MonaiBackbone(Backbone):
         return self.text_encoder(ids.to(self.device))[0]
 
     def predict(self, latents: torch.Tensor, timestep: int | torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        timesteps = torch.as_tensor(timestep, device=latents.device).reshape(-1)  # length 1: shared by the batch
+        timesteps = torch.as_tensor(timestep, device=latents.device).reshape(-1)  # length 1 or the batch
         return self.unet(latents, timesteps=timesteps, context=context)
 
     def attention_layers(self, kind: Literal["cross", "self"] = "cross") -> list[str]:

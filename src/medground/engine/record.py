@@ -1,8 +1,8 @@
 """The conditional passes: phrase-token attention recorded over the window, for all (image, phrase) pairs at once.
 
-``record_attention`` runs one batch per recorded position (every phrase of every image), cut short after the last
-recorded layer. With BBM it also keeps the attention to the start token at every grid position (the image bias),
-and ``text_only_attention`` runs the text-only generation BBM's text bias comes from.
+``record_attention`` runs every phrase of every image at one or more recorded positions per batch, each pass cut
+short after the last recorded layer. With BBM it also keeps the attention to the start token at every grid position
+(the image bias), and ``text_only_attention`` runs the text-only generation BBM's text bias comes from.
 """
 
 from __future__ import annotations
@@ -44,19 +44,28 @@ def step_weights(config: GroundingConfig, timesteps: Sequence[int], window: Sequ
 
 @torch.no_grad()
 def record_attention(backbone: Backbone, latents: WindowLatents, image_index: Sequence[int],
-                     phrases: Sequence[PhraseTokens], config: GroundingConfig) -> RecordedAttention:
-    """Run the conditional passes of all (image, phrase) pairs as one batch per recorded position."""
+                     phrases: Sequence[PhraseTokens], config: GroundingConfig,
+                     batch_limit: int | None = None) -> RecordedAttention:
+    """Run the conditional passes of all (image, phrase) pairs: every pass holds all pairs at one or more recorded
+    positions (as many as fit in ``batch_limit`` UNet batch elements, at least one; each element at its own
+    timestep), since on a CPU or a large GPU a few large batches beat many small ones."""
     context = backbone.embed_text([p.phrase for p in phrases])
     weights = token_weights(phrases, context.shape[1])
-    index = torch.as_tensor(list(image_index), dtype=torch.long)
+    index = torch.as_tensor(list(image_index), dtype=torch.long, device=latents.latents.device)
     start, stop = config.window
     window = grid(backbone, config)[start:stop]
+    weight_of_step = step_weights(config, latents.timesteps, window)
+    per_pass = max(1, (batch_limit or len(index)) // len(index))
     with AttentionRecorder(backbone, config.cross_attention_layers, weights, config.normalise_each_map,
                            config.self_attention_power, bias_token=0 if config.bbm else None) as recorder:
-        for timestep, latent, weight in zip(latents.timesteps, latents.latents,
-                                            step_weights(config, latents.timesteps, window)):
-            batch = latent[index.to(latent.device)]
-            recorder.record_pass(lambda: backbone.predict(batch, timestep, context), weight)  # noqa: B023
+        for first in range(0, len(latents.timesteps), per_pass):
+            steps = range(first, min(first + per_pass, len(latents.timesteps)))
+            batch = torch.cat([latents.latents[step][index] for step in steps])
+            timesteps = torch.tensor([latents.timesteps[step] for step in steps], device=batch.device)
+            pass_context = context.repeat(len(steps), 1, 1)
+            recorder.record_pass(
+                lambda: backbone.predict(batch, timesteps.repeat_interleave(len(index)), pass_context),  # noqa: B023
+                [weight_of_step[step] for step in steps])
     recorded = RecordedAttention(per_layer=recorder.sums, total_weight=recorder.total_weight,
                                  conditional_evaluations=recorder.passes * len(phrases),
                                  peak_bytes=recorder.peak_bytes, image_bias=recorder.bias)
@@ -86,7 +95,7 @@ def text_only_attention(backbone: Backbone, phrases: Sequence[PhraseTokens], con
             timestep = timesteps[position]
             pair = torch.cat([latent, latent])
             output = recorder.record_pass(lambda: backbone.predict(pair, timestep, context),  # noqa: B023
-                                          weight=0.0, rows=slice(count, 2 * count), cut_off=False)
+                                          weights=(0.0,), rows=slice(count, 2 * count), cut_off=False)
             unconditional, conditional = output.chunk(2)
             guided = unconditional + config.guidance_scale * (conditional - unconditional)
             alpha_next = alphas[timesteps[position - 1]] if position else alphas[0]

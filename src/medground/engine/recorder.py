@@ -27,7 +27,7 @@ class AttentionRecorder:
     """Context manager that accumulates phrase-token attention maps of ``layers`` over passes.
 
     ``token_weights`` is (P, L): row p averages phrase p's kept token positions. The rows of every pass given by
-    ``rows`` hold the P phrases in that order.
+    ``rows`` hold the P phrases in that order, once per window step the pass covers (each step its own weight).
     """
 
     def __init__(self, backbone: Backbone, layers: Sequence[str], token_weights: torch.Tensor,
@@ -47,11 +47,12 @@ class AttentionRecorder:
         """Per layer and pass, the raw maps of token ``bias_token`` (``bias_token``)."""
         self.bias_token = bias_token
         self.passes = 0
+        """Window steps recorded (a pass may hold several)."""
         self.total_weight = 0.0
         self.peak_bytes = 0
         """Largest memory held for recorded attention: what is kept plus one layer's probabilities."""
         self._rows = slice(None)
-        self._weight = 1.0
+        self._weights: tuple[float, ...] = (1.0,)
         self._recording = False
         self._cut_off = True
         self._fired = 0
@@ -65,10 +66,11 @@ class AttentionRecorder:
     def __exit__(self, *exc_info: object) -> None:
         self._capture.__exit__(*exc_info)
 
-    def record_pass(self, run_unet: Callable[[], object], weight: float = 1.0, rows: slice = slice(None),
-                    cut_off: bool = True) -> object:
-        """Run one pass and record the phrases in ``rows`` of its batch; returns the pass's output (None if cut)."""
-        self._rows, self._weight, self._cut_off = rows, weight, cut_off
+    def record_pass(self, run_unet: Callable[[], object], weights: Sequence[float] = (1.0,),
+                    rows: slice = slice(None), cut_off: bool = True) -> object:
+        """Run one pass over ``len(weights)`` window steps and record the phrases in ``rows`` of its batch, each
+        step's maps weighted by its weight; returns the pass's output (None if cut)."""
+        self._rows, self._weights, self._cut_off = rows, tuple(weights), cut_off
         self._recording, self._fired = True, 0
         output = None
         try:
@@ -80,8 +82,8 @@ class AttentionRecorder:
             self._affinity.clear()
         if self._fired != len(self.layers):
             raise RuntimeError(f"only {self._fired} of {len(self.layers)} recorded layers ran in the pass")
-        self.passes += 1
-        self.total_weight += weight
+        self.passes += len(self._weights)
+        self.total_weight += sum(self._weights)
         return output
 
     def _sink(self, path: str, probabilities: torch.Tensor) -> None:
@@ -97,17 +99,18 @@ class AttentionRecorder:
             raise _PassDone
 
     def _add(self, path: str, probabilities: torch.Tensor) -> None:
-        # probabilities: (P, heads, queries, tokens) -> heads and the phrase's tokens averaged -> (P, queries)
-        weights = self.token_weights.to(probabilities.device, torch.float32)
+        # probabilities: (steps * P, heads, queries, tokens) -> heads and the phrase's tokens averaged
+        steps = len(self._weights)
+        weights = self.token_weights.to(probabilities.device, torch.float32).repeat(steps, 1)
         maps = torch.einsum("phqt,pt->pq", probabilities.float(), weights) / probabilities.shape[1]
         side = math.isqrt(maps.shape[1])
         if side * side != maps.shape[1]:
             raise ConfigError(f"layer {path} attends over {maps.shape[1]} positions, not a square grid")
         if self.steps:
-            self.steps[path].append(maps.reshape(-1, side, side).cpu())
+            self.steps[path].extend(maps.reshape(steps, -1, side, side).cpu())
         if self.bias:
             token_map = probabilities[..., self.bias_token].float().mean(dim=1)
-            self.bias[path].append(token_map.reshape(-1, side, side).cpu())
+            self.bias[path].extend(token_map.reshape(steps, -1, side, side).cpu())
         for _ in range(self.power):  # (A^k m)_i = sum_j A_ij (A^(k-1) m)_j, A row-stochastic over keys j
             maps = torch.einsum("pij,pj->pi", self._affinity[path], maps)
         maps = maps.reshape(-1, side, side)
@@ -115,8 +118,9 @@ class AttentionRecorder:
             low = maps.amin(dim=(1, 2), keepdim=True)
             span = maps.amax(dim=(1, 2), keepdim=True) - low
             maps = torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-        if self._weight:
-            weighted = maps * self._weight
+        if any(self._weights):
+            step_weights = torch.tensor(self._weights, device=maps.device).reshape(steps, 1, 1, 1)
+            weighted = (maps.reshape(steps, -1, side, side) * step_weights).sum(dim=0)
             self.sums[path] = self.sums[path] + weighted if path in self.sums else weighted
         held = sum(t.numel() * t.element_size() for t in self.sums.values())
         held += sum(t.numel() * t.element_size() for kept in (*self.steps.values(), *self.bias.values())

@@ -4,7 +4,9 @@ Samples are cut into fixed groups before anything runs: samples of one image alw
 hold at most ``images_per_group`` images, in dataset order. A method sees a whole group at once (the LDM batches its
 inversions and phrases by group), and a group is recomputed whole when any of its samples is missing, though only
 the missing records are written. So a map never depends on where a run was interrupted: ``resume`` gives the same
-records, and the same ``summary.json``, as an uninterrupted run.
+records, and the same ``summary.json``, as an uninterrupted run. Groups are scored in this process or, through an
+executor (``medground.cluster``), on Ray workers that each build the method once; the records come back in group
+order and this process alone writes them.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from medground.cluster import Executor, local_executor
 from medground.datasets.base import DatasetLoad, Sample
 from medground.evaluate.report import contact_sheet, summarise, summary_csv, summary_markdown
-from medground.evaluate.store import RunWriter
+from medground.evaluate.store import RunWriter, preview
+from medground.methods import MethodOptions
 from medground.metrics import auroc, box_union_mask, cnr, miou
 
 
@@ -74,36 +79,66 @@ class MemoryStore:
         pass
 
 
+def score_group(method: GroundingMethod, group: Sequence[Sample], missing: Sequence[str]
+                ) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray]]]:
+    """The records and preview maps of a group's ``missing`` samples (the whole group is computed: see above)."""
+    started = time.perf_counter()
+    heatmaps = dict(zip((s.id for s in group), method.heatmaps(group)))
+    seconds = (time.perf_counter() - started) / len(group)
+    wanted = set(missing)
+    records, previews = [], []
+    for sample in group:
+        if sample.id in wanted:
+            previews.append((sample.id, preview(heatmaps[sample.id])))
+            records.append({"id": sample.id, "category": sample.category, "phrase": sample.phrase,
+                            **score(heatmaps[sample.id], sample, group), "seconds": round(seconds, 4)})
+    return records, previews
+
+
+@dataclass(frozen=True)
+class GroupScoring:
+    """The recipe a Ray worker builds its scorer from: the method is made (its model loaded) once per worker."""
+
+    method: str
+    options: MethodOptions
+
+    def build(self) -> Any:
+        from medground.methods import make_method
+
+        method = make_method(self.method, self.options)
+        return lambda item: score_group(method, *item)
+
+
 def evaluate(load: DatasetLoad, method: GroundingMethod, store: RunWriter | MemoryStore, images_per_group: int = 4,
-             progress: bool = True) -> list[dict[str, Any]]:
-    """Score every sample of ``load`` not yet in ``store``; returns all records in dataset order."""
+             progress: bool = True, executor: Executor | None = None) -> list[dict[str, Any]]:
+    """Score every sample of ``load`` not yet in ``store``; returns all records in dataset order. ``executor``: where
+    the groups are scored (default: here, with ``method``)."""
     done = {record["id"] for record in store.records()}
     groups = plan_groups(load.samples, images_per_group)
     todo = sum(s.id not in done for s in load.samples)
+    pending = ((number, (group, [s.id for s in group if s.id not in done])) for number, group in enumerate(groups))
+    run = executor or local_executor(lambda item: score_group(method, *item))
+    written: set[int] = set()
     with tqdm(total=todo, desc=f"{method.name} on {load.name}", disable=not progress, unit="sample") as bar:
-        for group in groups:
-            missing = [s for s in group if s.id not in done]
-            if not missing:
+        for result in run((number, item) for number, item in pending if item[1]):
+            if result.index in written:  # a retried group that arrived twice
                 continue
-            started = time.perf_counter()
-            heatmaps = dict(zip((s.id for s in group), method.heatmaps(group)))
-            seconds = (time.perf_counter() - started) / len(group)
-            records = []
-            for sample in missing:
-                store.save_preview(sample.id, heatmaps[sample.id])
-                records.append({"id": sample.id, "category": sample.category, "phrase": sample.phrase,
-                                **score(heatmaps[sample.id], sample, group), "seconds": round(seconds, 4)})
+            records, previews = result.result
+            for sample_id, small in previews:
+                store.save_preview(sample_id, small)
             store.append(records)
-            bar.update(len(missing))
+            written.add(result.index)
+            bar.update(len(records))
     by_id = {record["id"]: record for record in store.records()}
     return [by_id[s.id] for s in load.samples if s.id in by_id]
 
 
 def run_evaluation(load: DatasetLoad, method: GroundingMethod, writer: RunWriter, run_record: dict[str, Any],
-                   resume: bool = False, images_per_group: int = 4, progress: bool = True) -> dict[str, Any]:
+                   resume: bool = False, images_per_group: int = 4, progress: bool = True,
+                   executor: Executor | None = None) -> dict[str, Any]:
     """Evaluate into a run folder (resumable, one writer), then write summary.json/.md/.csv and a contact sheet."""
     with writer.open(run_record, resume):
-        records = evaluate(load, method, writer, images_per_group, progress)
+        records = evaluate(load, method, writer, images_per_group, progress, executor)
         summary = {**summarise(records), "skipped_samples": len(load.skipped_samples),
                    "dropped_boxes": load.dropped_boxes}
         writer.write_text("summary.json", json.dumps(summary, indent=2) + "\n")

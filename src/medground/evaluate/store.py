@@ -122,29 +122,16 @@ def preview_step(height: int, width: int) -> int:
     return max(1, int(np.ceil(max(height, width) / PREVIEW_SIDE)))
 
 
-class RunWriter:
-    """The one writer of a run folder (use as a context manager; see the module docstring)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        self._lock: Any = None
-
-    @contextlib.contextmanager
-    def open(self, run_record: dict[str, Any], resume: bool) -> Iterator[RunWriter]:
-        check_writable_folder(self.folder)
-        self._acquire_lock()
-        try:
-            self._start(run_record, resume)
-            yield self
-        finally:
-            self._release_lock()
-
-    def _acquire_lock(self) -> None:
-        lock_path = _refuse_link(self.folder / LOCK_FILE)
-        try:
-            handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the run's life)
-        except OSError as exc:
-            raise RunDirError(f"cannot write to {self.folder}: {exc.strerror or exc}") from None
+@contextlib.contextmanager
+def exclusive_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/.lock`` for the block (the OS releases it if the process dies), so that a
+    second writer of the same folder fails at once instead of writing everything twice."""
+    lock_path = _refuse_link(Path(folder) / LOCK_FILE)
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the block)
+    except OSError as exc:
+        raise RunDirError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    with handle:
         try:
             import fcntl
 
@@ -152,15 +139,23 @@ class RunWriter:
         except ImportError:  # no flock on this platform: a second writer cannot be detected
             pass
         except OSError:
-            handle.close()
-            raise RunDirError(f"another medground run is writing to {self.folder} (it holds {lock_path}); wait for it "
+            raise RunDirError(f"another medground run is writing to {folder} (it holds {lock_path}); wait for it "
                               "or choose another --out") from None
-        self._lock = handle
+        yield
 
-    def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+
+class RunWriter:
+    """The one writer of a run folder (use as a context manager; see the module docstring)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    @contextlib.contextmanager
+    def open(self, run_record: dict[str, Any], resume: bool) -> Iterator[RunWriter]:
+        check_writable_folder(self.folder)
+        with exclusive_lock(self.folder):
+            self._start(run_record, resume)
+            yield self
 
     def _start(self, run_record: dict[str, Any], resume: bool) -> None:
         run_file = _refuse_link(self.folder / RUN_FILE)

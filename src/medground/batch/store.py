@@ -1,0 +1,180 @@
+"""The output folder of ``medground batch``: ``run.json`` (what is computed), ``parts/*.parquet`` (the rows), ``.lock``.
+
+Guarantees (the same as ``evaluate.store`` gives evaluation runs):
+- one writer per folder, through the same exclusive lock;
+- a part holds whole units and is written under a temporary name, fsynced, then renamed: a part is complete or
+  absent. A kill loses only the units not yet in a part, and a resume recomputes exactly those, so no row is lost
+  and none is written twice;
+- only the writer removes the temporary files a kill left; a part that is not readable Parquet, or a unit found in
+  two parts, is an error naming the files (medground never deletes rows it cannot read).
+
+Read the result with ``pyarrow.parquet.read_table(OUT / "parts")`` or ``pandas.read_parquet(OUT / "parts")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from medground.errors import RunDirError
+from medground.evaluate.store import _refuse_link, check_writable_folder, exclusive_lock, write_atomic
+
+RUN_FILE = "run.json"
+PARTS = "parts"
+PART_ROWS = 4096
+"""Rows buffered before a part is written (bounds memory: a 64 x 64 float16 map is 8 KB)."""
+PART_SECONDS = 60.0
+"""A part is also written once the oldest buffered unit is this old: a kill loses at most about this much work."""
+MAP_DTYPES = ("float16", "float32")
+
+
+def output_schema(map_dtype: str, map_side: int) -> Any:
+    """One row per (manifest row, phrase). ``map``: the final map in the model's square input (the image's centre
+    crop), block-averaged to ``map_side`` x ``map_side``, row-major; null on an error row."""
+    import pyarrow as pa
+
+    box = pa.struct([("x", pa.int32()), ("y", pa.int32()), ("w", pa.int32()), ("h", pa.int32()),
+                     ("score", pa.float32())])
+    value = pa.float16() if map_dtype == "float16" else pa.float32()
+    return pa.schema([
+        ("unit", pa.int64()), ("row", pa.int64()), ("phrase_index", pa.int32()), ("id", pa.string()),
+        ("image", pa.string()), ("phrase", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+        ("boxes", pa.list_(box)), ("mask_area", pa.int64()), ("flat", pa.bool_()),
+        # a plain list (map_side ** 2 values, or null on an error row): Parquet writers before pyarrow 26 refuse
+        # fixed-size lists that hold nulls
+        ("map", pa.list_(value)),
+        ("inversion_s", pa.float32()), ("conditional_s", pa.float32()), ("postprocess_s", pa.float32()),
+        ("error", pa.string()),
+    ], metadata={"map_side": str(map_side), "map": "final map in the model's centre crop, block-averaged, row-major"})
+
+
+class BatchWriter:
+    """The one writer of a batch output folder (see the module docstring); use ``with writer.open(...)``."""
+
+    def __init__(self, folder: Path, schema: Any, part_rows: int = PART_ROWS,
+                 part_seconds: float = PART_SECONDS) -> None:
+        self.folder = Path(folder)
+        self.parts = self.folder / PARTS
+        self.schema = schema
+        self.part_rows = part_rows
+        self.part_seconds = part_seconds
+        self.done: dict[int, int] = {}
+        """Rows per unit already in parts (read at open, grown by each part written)."""
+        self._buffer: dict[int, list[dict[str, Any]]] = {}
+        self._oldest = 0.0
+
+    @contextlib.contextmanager
+    def open(self, settings: dict[str, Any], resume: bool) -> Iterator[BatchWriter]:
+        check_writable_folder(self.folder)
+        with exclusive_lock(self.folder):
+            self._start(settings, resume)
+            try:
+                yield self
+            finally:  # whole units computed before an error or an interrupt are kept
+                self.flush()
+
+    def _start(self, settings: dict[str, Any], resume: bool) -> None:
+        run_file = _refuse_link(self.folder / RUN_FILE)
+        parts = _refuse_link(self.parts)
+        if run_file.is_file():
+            if not resume:
+                raise RunDirError(f"{self.folder} already holds a batch run; pass --resume to continue it or choose "
+                                  "another --out")
+            previous = _read_settings(run_file)
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            if changed:
+                details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
+                raise RunDirError(f"cannot resume {self.folder}: its settings differ ({details})")
+        elif parts.is_dir() and any(parts.iterdir()):
+            raise RunDirError(f"{parts} exists without {RUN_FILE}: not a run medground started; choose another --out")
+        parts.mkdir(exist_ok=True)
+        for leftover in parts.glob(".part-*.tmp"):  # a kill during a write; its rows were never committed
+            leftover.unlink()
+        self.done = read_done_units(parts)
+        write_atomic(run_file, (json.dumps(settings, indent=2) + "\n").encode())
+
+    def add(self, unit: int, rows: Sequence[dict[str, Any]]) -> bool:
+        """Buffer a whole unit's rows (False if the unit is already written or buffered); writes a part when due."""
+        if unit in self.done or unit in self._buffer:
+            return False
+        if not self._buffer:
+            self._oldest = time.monotonic()
+        self._buffer[unit] = list(rows)
+        buffered = sum(len(r) for r in self._buffer.values())
+        if buffered >= self.part_rows or time.monotonic() - self._oldest >= self.part_seconds:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Write the buffered units as one part: temporary name, fsync, rename, fsync of the folder."""
+        if not self._buffer:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        units = sorted(self._buffer)
+        table = pa.Table.from_pylist([row for unit in units for row in self._buffer[unit]], schema=self.schema)
+        final = self.parts / f"part-{units[0]:09d}.parquet"
+        temporary = self.parts / f".part-{units[0]:09d}.tmp"
+        try:
+            pq.write_table(table, temporary, compression="zstd")
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+            _fsync_folder(self.parts)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise RunDirError(f"cannot write {final}: {exc.strerror or exc}") from None
+        self.done.update({unit: len(self._buffer[unit]) for unit in units})
+        self._buffer.clear()
+
+
+def read_done_units(parts: Path) -> dict[int, int]:
+    """Rows per unit over all parts; a unit in two parts or an unreadable part is a RunDirError."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    done: dict[int, int] = {}
+    owner: dict[int, Path] = {}
+    for path in sorted(parts.glob("part-*.parquet")):
+        try:
+            units = pq.read_table(_refuse_link(path), columns=["unit"]).column("unit")
+        except (OSError, pa.ArrowException) as exc:
+            raise RunDirError(f"{path} is not readable Parquet ({exc}); move it away by hand: medground never deletes "
+                              "rows it cannot read") from None
+        counts = pc.value_counts(units).to_pylist()
+        for entry in counts:
+            unit = entry["values"]
+            if unit in done:
+                raise RunDirError(f"unit {unit} is in both {owner[unit]} and {path}; two writers must have shared "
+                                  f"{parts.parent}")
+            done[unit], owner[unit] = entry["counts"], path
+    return done
+
+
+def _read_settings(run_file: Path) -> dict[str, Any]:
+    try:
+        settings = json.loads(run_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{run_file} is not readable JSON: {exc}") from None
+    if not isinstance(settings, dict) or settings.get("command") != "batch":
+        raise RunDirError(f"{run_file} does not describe a batch run")
+    return settings
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,166 @@
+"""Grounding one work unit: its images decoded and mapped to the model's input (``prepare_unit``, run ahead on
+loader workers), then one ``Grounder.ground_many`` call for all their phrases, then one output row per query.
+
+A unit's result depends only on the unit: the Grounder keeps no trajectory cache here, so the same unit gives the
+same rows on any worker, after any resume, under either engine. An image that cannot be read, or a phrase the text
+encoder refuses, becomes an error row (the run goes on); anything else stops the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from medground.batch.manifest import ImageQueries, Query, Unit
+from medground.errors import ConfigError, ImageError, PhraseError
+from medground.images import PreparedImage, prepare_image
+
+
+@dataclass(frozen=True)
+class PreparedUnit:
+    """A unit with each image read and resized (or the reason it could not be)."""
+
+    unit: Unit
+    images: tuple[PreparedImage | None, ...]
+    errors: tuple[str | None, ...]
+
+    def pin_memory(self) -> PreparedUnit:
+        """Page-locked inputs for a faster, asynchronous copy to the GPU (called by the DataLoader)."""
+        return replace(self, images=tuple(None if p is None else p.pin_memory() for p in self.images))
+
+
+def prepare_unit(unit: Unit, image_size: int) -> PreparedUnit:
+    images: list[PreparedImage | None] = []
+    errors: list[str | None] = []
+    for image in unit.images:
+        try:
+            images.append(prepare_image(image.path, image_size))
+            errors.append(None)
+        except ImageError as exc:
+            images.append(None)
+            errors.append(str(exc))
+    return PreparedUnit(unit, tuple(images), tuple(errors))
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """What a worker needs to build its grounder: picklable, so each Ray actor builds its own from it."""
+
+    model: str
+    preset: str
+    overrides: dict[str, Any]
+    device: str
+    precision: str
+    text_encoder: str | None
+    batch_size: int | None
+    """Images per inversion batch; None: from free GPU memory (``engine.batching``), the Grounder's default on CPU."""
+    compile: bool
+    map_side: int
+    map_dtype: str
+    image_size: int = 0
+    """The model's input side (known once the model is loaded: ``run_batch`` fills it in)."""
+
+    def build(self) -> UnitGrounder:
+        from medground.backbones.model_dir import load_model
+
+        return UnitGrounder(self, load_model(self.model, device=self.device, text_encoder=self.text_encoder))
+
+    def prepare(self, unit: Unit) -> PreparedUnit:
+        return prepare_unit(unit, self.image_size)
+
+
+class UnitGrounder:
+    """Grounds prepared (or raw) units into output rows with one model, loaded once."""
+
+    def __init__(self, job: BatchJob, model: Any) -> None:
+        from medground.engine.batching import auto_batch_size
+        from medground.grounder import Grounder
+
+        grounder = Grounder(model, job.preset, overrides=job.overrides, precision=job.precision, cache_size=0,
+                            compile=job.compile)
+        if model.image_size != job.image_size:
+            raise ConfigError(f"model {model.name!r} takes {model.image_size} px, the job was planned for "
+                              f"{job.image_size} px")
+        grounder.batch_size = job.batch_size or auto_batch_size(grounder)
+        self.job = job
+        self.grounder = grounder
+
+    def __call__(self, unit: Unit | PreparedUnit) -> list[dict[str, Any]]:
+        prepared = unit if isinstance(unit, PreparedUnit) else prepare_unit(unit, self.job.image_size)
+        rows: dict[tuple[int, int], dict[str, Any]] = {}
+        items, asked = [], []
+        for image, pixels, error in zip(prepared.unit.images, prepared.images, prepared.errors):
+            if pixels is None:
+                rows.update({(q.row, q.phrase_index): self._error_row(prepared.unit, q, error, None)
+                             for q in image.queries})
+                continue
+            phrases = self._phrases(prepared.unit, image, pixels, rows)
+            if phrases:
+                items.append((pixels, phrases))
+                asked.append(image)
+        results = self.grounder.ground_many(items) if items else []
+        for image, image_results in zip(asked, results):
+            by_phrase = {result.phrase: result for result in image_results}
+            for query in image.queries:
+                if (query.row, query.phrase_index) not in rows:
+                    rows[query.row, query.phrase_index] = self._row(prepared.unit, query, by_phrase[query.phrase])
+        return [rows[q.row, q.phrase_index] for image in prepared.unit.images for q in image.queries]
+
+    def _phrases(self, unit: Unit, image: ImageQueries, pixels: PreparedImage,
+                 rows: dict[tuple[int, int], dict[str, Any]]) -> list[str]:
+        """The image's distinct phrases the text encoder takes; the others become error rows."""
+        from medground.text import phrase_tokens
+
+        usable = []
+        for phrase in dict.fromkeys(q.phrase for q in image.queries):
+            try:
+                phrase_tokens(self.grounder.model.tokenizer, phrase)
+                usable.append(phrase)
+            except PhraseError as exc:
+                rows.update({(q.row, q.phrase_index): self._error_row(unit, q, str(exc), pixels)
+                             for q in image.queries if q.phrase == phrase})
+        return usable
+
+    def _row(self, unit: Unit, query: Query, result: Any) -> dict[str, Any]:
+        timings = result.timings
+        return {
+            **_identity(unit, query), "width": result.heatmap.shape[1], "height": result.heatmap.shape[0],
+            "boxes": [box.to_dict() for box in result.boxes], "mask_area": int(result.mask.sum()),
+            "flat": result.flat, "map": compact_map(result.model_heatmap, self.job.map_side, self.job.map_dtype),
+            "inversion_s": timings["inversion"], "conditional_s": timings["conditional"],
+            "postprocess_s": timings["postprocess"], "error": None,
+        }
+
+    @staticmethod
+    def _error_row(unit: Unit, query: Query, error: str | None, pixels: PreparedImage | None) -> dict[str, Any]:
+        geometry = pixels.geometry if pixels is not None else None
+        return {**_identity(unit, query), "width": geometry.width if geometry else None,
+                "height": geometry.height if geometry else None, "boxes": None, "mask_area": None, "flat": None,
+                "map": None, "inversion_s": None, "conditional_s": None, "postprocess_s": None, "error": error}
+
+
+def _identity(unit: Unit, query: Query) -> dict[str, Any]:
+    return {"unit": unit.index, "row": query.row, "phrase_index": query.phrase_index, "id": query.id,
+            "image": query.image, "phrase": query.phrase}
+
+
+def compact_map(model_map: np.ndarray, side: int, dtype: str) -> np.ndarray:
+    """The (S, S) map block-averaged to (side, side), flattened row-major, as ``dtype``."""
+    size = model_map.shape[0]
+    if size % side:
+        raise ConfigError(f"map side {side} does not divide the model's {size}-pixel input")
+    factor = size // side
+    blocks = model_map.astype(np.float32).reshape(side, factor, side, factor).mean(axis=(1, 3))
+    return blocks.astype(dtype).ravel()
+
+
+def map_side_for(image_size: int, requested: int) -> int:
+    """``requested`` (at most the model's input side), checked to divide the input side."""
+    side = min(requested, image_size)
+    if image_size % side:
+        divisors = [d for d in range(1, image_size + 1) if image_size % d == 0 and d <= requested]
+        raise ConfigError(f"--map-side {requested} does not divide the model's {image_size}-pixel input; "
+                          f"try {divisors[-1]}")
+    return side

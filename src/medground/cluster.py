@@ -1,0 +1,164 @@
+"""Where numbered work units run: in this process, or on a Ray cluster (``--engine ray``, extra ``medground[ray]``).
+
+An executor takes ``(index, unit)`` pairs and yields ``Done(index, result, worker)`` in index order; the caller writes
+the results, so a command writes the same rows whichever engine computed them, and keeps its own resume guarantee.
+
+On Ray the units become a Ray Data dataset (one block per unit), mapped with ``map_batches`` by a fixed pool of
+actors, each of which builds the recipe once (so the model is loaded once per worker): one actor per GPU with
+``num_gpus=1``, or CPU actors of ``threads`` CPUs each. Recipes that can prepare a unit apart from grounding it
+(decoding images) get a stage of CPU tasks before the GPU actors, so GPUs never wait on decoding. The results
+stream back to this process in unit order. Ray restarts a killed actor and retries its unit; a unit that still
+arrives twice is dropped by the writer (``BatchWriter.add``, ``evaluate``), so nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from medground.errors import ConfigError, MedgroundError
+
+ENGINES = ("local", "ray")
+MAX_BLOCKS = 10_000
+
+
+@dataclass(frozen=True)
+class Done:
+    index: int
+    result: Any
+    worker: str
+    """host:pid of the process that computed it."""
+
+
+class Recipe(Protocol):
+    """Picklable instructions a worker builds its unit function from (loading the model once)."""
+
+    def build(self) -> Callable[[Any], Any]: ...
+
+
+Executor = Callable[[Iterable[tuple[int, Any]]], Iterator[Done]]
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    address: str | None = None
+    """An existing cluster (``auto``, ``ray://host:10001``, ``host:6379``); None starts a local one for the run."""
+    workers: int | None = None
+    """Actors; default: every GPU of the cluster (``--device cuda``) or its CPUs // ``threads``."""
+    device: str = "cpu"
+    threads: int = 1
+    """CPUs (and torch threads) per CPU actor."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def local_executor(work: Callable[[Any], Any]) -> Executor:
+    """Units run one after another in this process."""
+
+    def run(items: Iterable[tuple[int, Any]]) -> Iterator[Done]:
+        name = worker_name()
+        for index, unit in items:
+            yield Done(index, work(unit), name)
+
+    return run
+
+
+def ray_executor(recipe: Recipe, options: ClusterOptions) -> Executor:
+    """Units run on a Ray cluster (see the module docstring)."""
+    return lambda items: _run_on_ray(items, recipe, options)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray Data: pip install 'medground[ray]'") from None
+    return ray
+
+
+def _run_on_ray(items: Iterable[tuple[int, Any]], recipe: Recipe, options: ClusterOptions) -> Iterator[Done]:
+    ray = _import_ray()
+    records = [{"index": index, "payload": pickle.dumps(unit)} for index, unit in items]
+    if not records:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+        gpu = options.device.startswith("cuda")
+        workers = options.workers or _default_workers(ray, gpu, options.threads)
+        dataset = ray.data.from_items(records, override_num_blocks=min(len(records), MAX_BLOCKS))
+        if gpu and hasattr(recipe, "prepare"):
+            dataset = dataset.map_batches(_prepare, fn_kwargs={"recipe": recipe}, batch_size=1, num_cpus=1)
+        resources = {"num_gpus": 1} if gpu else {"num_cpus": options.threads}
+        dataset = dataset.map_batches(_Worker, fn_constructor_args=(recipe, None if gpu else options.threads),
+                                      batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), **resources)
+        for row in dataset.iter_rows():
+            yield Done(int(row["index"]), pickle.loads(row["payload"]), str(row["worker"]))
+    except Exception as exc:
+        cause = _medground_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _default_workers(ray: Any, gpu: bool, threads: int) -> int:
+    resources = ray.cluster_resources()
+    if gpu:
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise ConfigError("--device cuda with --engine ray needs GPUs in the Ray cluster; it has none")
+        return gpus
+    return max(1, int(resources.get("CPU", 1)) // threads)
+
+
+def _medground_cause(exc: BaseException) -> MedgroundError | None:
+    """The MedgroundError a worker raised, out of Ray's wrappers (so the command reports it as one line)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MedgroundError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
+def _prepare(batch: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """Ray Data stage: the CPU part of a unit (decoding, resizing), as CPU tasks ahead of the GPU actors."""
+    import numpy as np
+
+    payloads = [pickle.dumps(recipe.prepare(pickle.loads(p))) for p in batch["payload"]]  # type: ignore[attr-defined]
+    return {"index": batch["index"], "payload": np.array(payloads, dtype=object)}
+
+
+class _Worker:
+    """Ray Data stage: an actor that builds the recipe once and then does one unit per call."""
+
+    def __init__(self, recipe: Recipe, threads: int | None) -> None:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.work = recipe.build()
+        self.name = worker_name()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        payloads = [pickle.dumps(self.work(pickle.loads(p))) for p in batch["payload"]]
+        return {"index": batch["index"], "payload": np.array(payloads, dtype=object),
+                "worker": np.array([self.name] * len(payloads), dtype=object)}
