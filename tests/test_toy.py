@@ -71,23 +71,24 @@ def test_shipped_models_load_through_the_common_loader(name, unet_class, size_li
     assert grounder.config.cross_attention_layers == tuple(spec["grounding_defaults"]["cross_attention_layers"])
 
 
-@pytest.fixture(scope="module")
-def held_out_report():
-    return evaluate_toy(load_model("toy"), HELD_OUT_SEED, 24)
+# measured on HELD_OUT_SEED..+23 (fp32, CPU): toy ldm mIoU .280 AUROC .901 (exact .915) CNR 1.70 discrimination .82;
+# toy-sd ldm .219 / .899 (.921) / 1.64 / .55 (11 pairs); best baseline (prior) .200 / .808 (.852) / 1.22 for both.
+# The margins leave room for numerical noise, not for a regression; toy-sd's mIoU and discrimination margins are
+# smaller because it separates phrases less well (README: held-out tables).
+FLOORS = {"toy": {"miou_margin": 0.04, "discrimination": 0.7}, "toy-sd": {"miou_margin": 0.01, "discrimination": 0.5}}
 
 
-def test_shipped_model_beats_every_baseline(held_out_report):
-    methods = held_out_report["methods"]
+@pytest.mark.parametrize("name", ["toy", "toy-sd"])
+def test_shipped_model_beats_every_baseline(name):
+    methods = evaluate_toy(load_model(name), HELD_OUT_SEED, 24)["methods"]
     ldm = methods["ldm"]
-    baselines = [methods[name] for name in ("uniform", "centre", "prior", "untrained")]
-    # measured on these seeds: ldm mIoU .280 AUROC .901 (exact .915) CNR 1.70 discrimination .82; best
-    # baseline (prior) .200 / .808 / 1.22; margins leave room for numerical noise, not for a regression
-    assert ldm["miou"] >= max(b["miou"] for b in baselines) + 0.04
+    baselines = [methods[baseline] for baseline in ("uniform", "centre", "prior", "untrained")]
+    assert ldm["miou"] >= max(b["miou"] for b in baselines) + FLOORS[name]["miou_margin"]
     assert ldm["auroc"] >= max(0.85, max(b["auroc"] for b in baselines) + 0.05)
     assert ldm["auroc_exact"] >= 0.87
     assert ldm["cnr"] >= max(1.4, max(b["cnr"] for b in baselines) + 0.3)
-    assert ldm["discrimination"] >= 0.7 and held_out_report["methods"]["ldm"]["pairs"] >= 4
-    assert methods["untrained"]["auroc"] <= 0.62
+    assert ldm["discrimination"] >= FLOORS[name]["discrimination"] and ldm["pairs"] >= 4
+    assert methods["untrained"]["auroc"] <= 0.6
 
 
 def test_pixel_unshuffle_autoencoder_is_lossless():

@@ -205,14 +205,17 @@ PRESETS: dict[str, GroundingConfig] = {
     "paper": GroundingConfig(),
     "paper-exact-geometry": GroundingConfig(back_projection="exact"),
     "fast": GroundingConfig(grid_coarsening=5),
+    "recommended": GroundingConfig(normalise_each_map=False),
     "g2g": GroundingConfig(noising="forward", inference_steps=50, timestep_spacing="leading", timestep_offset=1,
                            window_start=0, window_stop=40, cross_attention_layers="all", token_rule="content_words",
                            guidance_scale=16.0, normalise_each_map=False, upsample_size="latent",
                            upsample_mode="nearest", gaussian_sigma=0.0, bbm=True, threshold="gmm", noise_seed=4200),
 }
 """``paper``: the official code's recipe. ``paper-exact-geometry``: the same with the exact inverse of the crop.
-``fast``: a 5x coarser grid whose window covers the same noise levels. ``g2g``: Generate-to-Ground's read-out
-(docs/readout.md says where it follows their code and where it cannot)."""
+``fast``: a 5x coarser grid whose window covers the same noise levels. ``recommended``: the paper's recipe without
+the per-map min-max normalisation, so steps and layers whose attention is weak weigh less (the one change that
+helped both toys on validation seeds in ``medground sweep``; docs/ablation.md has held-out numbers).
+``g2g``: Generate-to-Ground's read-out (docs/readout.md says where it follows their code and where it cannot)."""
 
 
 def preset(name: str) -> GroundingConfig:

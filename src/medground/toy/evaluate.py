@@ -6,6 +6,7 @@ different kinds, the fraction of phrases whose map is higher inside its own box 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,22 +30,28 @@ def evaluate_toy(model: Any, seed: int, n: int, methods: Sequence[str] = TOY_MET
     options = MethodOptions(model=model, preset=preset, overrides=dict(overrides or {}), device=device,
                             batch_size=16)
     for name in methods:
-        records = evaluate(load, make_method(name, options), MemoryStore(), images_per_group=16, progress=False)
+        method = make_method(name, options)
+        started = time.perf_counter()
+        records = evaluate(load, method, MemoryStore(), images_per_group=16, progress=False)
+        seconds = time.perf_counter() - started
         summary = summarise(records)
+        grounder = getattr(method, "grounder", None)
         report["methods"][name] = {
             **{metric: summary["pooled"][metric]["mean"] for metric in TABLE_METRICS},
             "discrimination": summary["discrimination"], "pairs": summary["discrimination_samples"] // 2,
-            "n_flat": summary["n_flat"]}
+            "n_flat": summary["n_flat"], "seconds_per_phrase": seconds / len(load.samples),
+            "unet_evaluations_per_phrase": sum(grounder.unet_evaluations.values()) / len(load.samples)
+            if grounder else 0.0}
     return report
 
 
 def format_table(report: dict[str, Any]) -> str:
     lines = [f"toy evaluation: seeds {report['seed']}..{report['seed'] + report['n_images'] - 1}, "
              f"{report['n_phrases']} phrases",
-             "| method | mIoU | AUROC (binned) | AUROC (exact) | CNR | discrimination |",
-             "|---|---|---|---|---|---|"]
+             "| method | mIoU | AUROC (binned) | AUROC (exact) | CNR | discrimination | UNet evals / phrase "
+             "| s / phrase |", "|---|---|---|---|---|---|---|---|"]
     for method, m in report["methods"].items():
         discrimination = "n/a" if m["discrimination"] is None else f"{m['discrimination']:.2f}"
         lines.append(f"| {method} | {m['miou']:.3f} | {m['auroc']:.3f} | {m['auroc_exact']:.3f} | {m['cnr']:.2f} "
-                     f"| {discrimination} |")
+                     f"| {discrimination} | {m['unet_evaluations_per_phrase']:.0f} | {m['seconds_per_phrase']:.2f} |")
     return "\n".join(lines)

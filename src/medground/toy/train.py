@@ -227,7 +227,7 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
             if init_from is not None:
                 training["continued_from"] = {"checkpoint": str(init_from),
                                               "training": backbone.description.get("training")}
-            if family == "diffusers":
+            if family == "diffusers" and init_from is None:  # a continued run keeps its checkpoint's autoencoder
                 training["autoencoder_steps"] = autoencoder_steps
             unet.eval()
             text_encoder.eval()
