@@ -13,7 +13,7 @@ import csv
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,11 +61,19 @@ def sample_id(image_key: str, phrase: str) -> str:
 
 
 @contextlib.contextmanager
-def csv_rows(path: Path, dict_rows: bool = True) -> Iterator[Iterator[Any]]:
-    """The rows of a UTF-8 CSV (as dicts, or lists); an undecodable or malformed file is a DatasetError."""
+def csv_rows(path: Path, dict_rows: bool = True, required: Sequence[str] = ()) -> Iterator[Iterator[Any]]:
+    """The rows of a UTF-8 CSV (as dicts with the ``required`` columns, or lists); an undecodable or malformed file,
+    or missing columns, is a DatasetError."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            yield csv.DictReader(handle) if dict_rows else csv.reader(handle)
+            if not dict_rows:
+                yield csv.reader(handle)
+                return
+            reader = csv.DictReader(handle)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{path} lacks columns {missing}; found {reader.fieldnames}")
+            yield reader
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not UTF-8 text: {exc}") from None
     except csv.Error as exc:

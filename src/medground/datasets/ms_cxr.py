@@ -24,10 +24,7 @@ def read_ms_cxr(root: Path, csv: Path | None = None):
         raise DatasetError(f"MS-CXR CSV not found (given {csv}, looked for {DEFAULT_CSV_NAMES} in {root}); pass --csv")
     groups: dict[tuple[str, str], SampleRows] = {}
     declared: dict[str, tuple[int, int]] = {}
-    with csv_rows(csv) as reader:
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"{csv} lacks columns {missing}; found {reader.fieldnames}")
+    with csv_rows(csv, required=REQUIRED_COLUMNS) as reader:
         for number, row in enumerate(reader, start=2):
             where = f"{csv} row {number}"
             if None in row or any(row[c] is None for c in REQUIRED_COLUMNS):

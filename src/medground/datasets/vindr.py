@@ -26,10 +26,7 @@ def read_vindr(root: Path, csv: Path | None = None):
         raise DatasetError(f"VinDr-CXR annotations not found: {csv}; pass --csv")
     images = {p.stem: p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
     groups: dict[tuple[str, str], SampleRows] = {}
-    with csv_rows(csv) as reader:
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"{csv} lacks columns {missing}; found {reader.fieldnames}")
+    with csv_rows(csv, required=REQUIRED_COLUMNS) as reader:
         for number, row in enumerate(reader, start=2):
             where = f"{csv} row {number}"
             category = VINDR_TO_MS_CXR.get((row["class_name"] or "").strip())
