@@ -14,8 +14,9 @@ from skimage.metrics import structural_similarity
 from sklearn.mixture import GaussianMixture
 
 from medground import Grounder, load_model
-from medground.config import ModelFacts, grid_timesteps, preset, resolve
+from medground.config import GroundingConfig, ModelFacts, grid_timesteps, parse_assignment, preset, resolve
 from medground.engine.invert import position_noise
+from medground.errors import ConfigError
 from medground.readout.bbm import merge_biases
 from medground.readout.threshold import smooth_and_threshold
 from medground.text import phrase_tokens
@@ -152,6 +153,20 @@ def test_layer_and_step_weights_weight_the_mean(tiny_model_dir, odd_images):
             total += layer_weight * step_weight * up
     expected = ((total - total.min()) / (total.max() - total.min())).numpy()
     assert np.abs(result.model_heatmap - expected).max() <= 1e-5
+
+
+def test_layer_weights_by_resolution_follow_each_layers_grid_side(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    sides = model.attention_grid_sides()
+    overrides = {"layer_weights": "by_resolution", "cross_attention_layers": "all"}
+    config = Grounder(model, "paper", overrides=overrides).config
+    layers = config.cross_attention_layers
+    assert len({sides[path] for path in layers}) > 1  # a mix of grid sides, or the test proves nothing
+    assert config.layer_weights == tuple(sides[path] / min(sides[p] for p in layers) for path in layers)
+    assert Grounder(model, config).config == config  # resolved once, explicit
+    assert parse_assignment("layer_weights=by_resolution") == ("layer_weights", "by_resolution")
+    with pytest.raises(ConfigError, match="by_resolution"):
+        GroundingConfig(layer_weights="by_grid")
 
 
 def test_fast_preset_covers_the_paper_window_with_a_fifth_of_the_grid():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,8 @@ class ModelFacts:
     num_train_timesteps: int
     cross_attention_layers: tuple[str, ...]
     latent_side: int
+    grid_sides: Callable[[], Mapping[str, int]] | None = None
+    """Each cross-attention layer's query grid side, computed only when asked (it takes a dry UNet pass)."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,9 @@ class GroundingConfig:
     cross_attention_layers: tuple[str, ...] | Literal["all"] | None = None
     """Module paths of the recorded cross-attention layers (paths, not indices: orders differ by library), or
     ``all``."""
-    layer_weights: tuple[float, ...] | None = None
-    """Weight of each recorded layer in the mean (None: equal), in the order of ``cross_attention_layers``."""
+    layer_weights: tuple[float, ...] | Literal["by_resolution"] | None = None
+    """Weight of each recorded layer in the mean (None: equal), in the order of ``cross_attention_layers``;
+    ``by_resolution``: proportional to the layer's grid side (16x16 layers count twice as much as 8x8 ones)."""
     step_weights: tuple[float, ...] | None = None
     """Weight of each recorded grid position in the mean (None: equal), ascending noise."""
     token_rule: Literal["between_special", "content_words", "last"] = "between_special"
@@ -192,12 +196,14 @@ def _check_choice(config: GroundingConfig, name: str, choices: tuple[str, ...]) 
 
 def _check_weights(config: GroundingConfig, name: str) -> None:
     values = getattr(config, name)
-    if values is None:
+    if values is None or (name == "layer_weights" and values == "by_resolution"):
         return
     ok = isinstance(values, (list, tuple)) and values and all(
         not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in values)
     if not ok or not sum(values) > 0:
-        raise ConfigError(f"{name} must be a non-empty list of finite numbers >= 0 with a positive sum, got {values!r}")
+        also = " or 'by_resolution'" if name == "layer_weights" else ""
+        raise ConfigError(f"{name} must be a non-empty list of finite numbers >= 0 with a positive sum{also}, got "
+                          f"{values!r}")
     object.__setattr__(config, name, tuple(float(v) for v in values))
 
 
@@ -278,8 +284,15 @@ def resolve(defaults: dict[str, Any], config: GroundingConfig | str | None, over
     if config.grid_coarsening > 1:
         steps, (start, stop) = _coarsened(grid[start], grid[stop - 1], config, facts.num_train_timesteps)
     size = facts.latent_side if config.upsample_size == "latent" else config.upsample_size
+    layer_weights = config.layer_weights
+    if layer_weights == "by_resolution":
+        if facts.grid_sides is None:
+            raise ConfigError("layer_weights='by_resolution' needs the model's attention grid sides")
+        sides = facts.grid_sides()
+        layer_weights = tuple(sides[path] / min(sides[p] for p in layers) for path in layers)
     resolved = config.with_overrides(inference_steps=steps, window_start=start, window_stop=stop,
-                                     grid_coarsening=1, cross_attention_layers=tuple(layers), upsample_size=size)
+                                     grid_coarsening=1, cross_attention_layers=tuple(layers), upsample_size=size,
+                                     layer_weights=layer_weights)
     for name, count, what in (("layer_weights", len(layers), "recorded layers"),
                               ("step_weights", stop - start, "window positions")):
         weights = getattr(resolved, name)
@@ -309,7 +322,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value: Any = json.loads(raw)
     except json.JSONDecodeError:
         lists = ("cross_attention_layers", "layer_weights", "step_weights")
-        value = raw.split(",") if key in lists and raw != "all" else raw
+        value = raw.split(",") if key in lists and raw not in ("all", "by_resolution") else raw
         if key in lists[1:] and isinstance(value, list):
             try:
                 value = [float(v) for v in value]

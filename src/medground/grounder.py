@@ -89,7 +89,7 @@ class Grounder:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
         facts = ModelFacts(model.noise_schedule.num_train_timesteps, tuple(model.attention_layers()),
-                           model.latent_side)
+                           model.latent_side, model.attention_grid_sides)
         self.config = resolve(model.grounding_defaults(), config, overrides, facts)
         self.progress = progress
         self.batch_size = batch_size
