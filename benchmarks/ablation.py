@@ -22,11 +22,7 @@ from medground.toy.evaluate import evaluate_toy
 
 def recipes(model: Any) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, preset, overrides): each option alone on top of ``paper``, then the presets."""
-    defaults = Grounder(model).config
-    sides = model.attention_grid_sides()
-    finest = max(sides[path] for path in defaults.cross_attention_layers)
-    layer_weights = [2.0 if sides[path] == finest else 1.0 for path in defaults.cross_attention_layers]
-    length = defaults.window[1] - defaults.window[0]
+    length = Grounder(model).config.window[1] - Grounder(model).config.window[0]
     ramp = [round(1.0 + i / (length - 1), 4) for i in range(length)]
     return [
         ("paper", "paper", {}),
@@ -35,16 +31,18 @@ def recipes(model: Any) -> list[tuple[str, str, dict[str, Any]]]:
         ("self-attention refinement k=1", "paper", {"self_attention_power": 1}),
         ("tokens: content words", "paper", {"token_rule": "content_words"}),
         ("tokens: last", "paper", {"token_rule": "last"}),
-        (f"layer weights: {finest}x{finest} layers x2", "paper", {"layer_weights": layer_weights}),
+        ("layer weights by resolution (16x16 twice 8x8)", "paper", {"layer_weights": "by_resolution"}),
         ("step weights: ramp 1 -> 2 (noisier steps more)", "paper", {"step_weights": ramp}),
-        ("recommended (no per-map normalisation)", "recommended", {}),
+        ("no per-map normalisation", "paper", {"normalise_each_map": False}),
+        ("recommended (the two above together)", "recommended", {}),
         ("fast", "fast", {}),
         ("g2g", "g2g", {}),
     ]
 
 
 def command(model: str, seed: int, n: int, preset: str, overrides: dict[str, Any]) -> str:
-    sets = "".join(f" --set {key}={json.dumps(value).replace(' ', '')}" for key, value in overrides.items())
+    sets = "".join(f" --set {key}={value if isinstance(value, str) else json.dumps(value).replace(' ', '')}"
+                   for key, value in overrides.items())
     return f"medground toy eval --model {model} --seed {seed} --n {n} --methods ldm --preset {preset}{sets}"
 
 

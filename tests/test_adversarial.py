@@ -114,7 +114,19 @@ BAD_IMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "bool-array": (lambda f: np.eye(40, dtype=bool), "unsupported pixel type"),
     "not-an-image": (lambda f: 42, "expected a path"),
     "multi-frame-dicom": (lambda f: write_dicom(f / "frames.dcm", np.stack([_ramp(np.uint16, 4000)] * 2)), "2-D"),
+    "palette-dicom": (lambda f: write_dicom(f / "palette.dcm", _ramp(np.uint16, 200), photometric="PALETTE COLOR"),
+                      "MONOCHROME"),
+    "multi-frame-gif": (lambda f: _animation(f / "anim.gif"), "2 frames"),
+    "float-0-255-array": (lambda f: _ramp(np.float64, 255), r"span \[0, 255\].*divide 8-bit data by 255"),
+    "float-centred-array": (lambda f: _ramp(np.float64, 1) - 0.5, r"span \[-0.5, 0.5\]"),
+    "float-tiff-huge": (lambda f: _image(f, "big.tif", _ramp(np.float32, 255_000), "F"), "must lie in"),
 }
+
+
+def _animation(path: Path) -> Path:
+    frames = [Image.fromarray(_ramp(np.uint8, 255)), Image.fromarray(255 - _ramp(np.uint8, 255))]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(BAD_IMAGES))
@@ -321,6 +333,11 @@ BAD_SETTINGS = {
     "guidance": ({"guidance_scale": 7.5}, "guidance_scale"),
     "threshold": ({"threshold": "kmeans"}, "threshold"),
     "grid-too-fine": ({"inference_steps": 5000}, "inference_steps"),
+    "layer-twice": ({"cross_attention_layers": ["down_blocks.1.attentions.0.transformer_blocks.0.attn2"] * 2},
+                    "more than once"),
+    "upsample-huge": ({"upsample_size": 100_000}, r"upsample_size must be an integer in \[2, 4096\]"),
+    "unconditional-prompt-too-long": ({"unconditional_prompt": "effusion " * 60}, "unconditional_prompt has"),
+    "layer-weights-word": ({"layer_weights": "by_grid"}, "by_resolution"),
 }
 
 
@@ -364,6 +381,8 @@ BAD_CSVS = {
     "absolute-path": ([GOOD_ROW.replace("img/a.png", "/etc/hostname")], "row 2: .*relative"),
     "short-row": (["d1,Pneumonia,pneumonia,img/a.png,1,2"], "row 2: has"),
     "empty-phrase": ([GOOD_ROW.replace("left lower lobe pneumonia", " ")], "row 2: empty"),
+    "same-phrase-other-class": ([GOOD_ROW, GOOD_ROW.replace("Pneumonia", "Consolidation").replace(",100,", ",10,")],
+                                "row 3 \\('Consolidation'\\) and .*row 2 \\('Pneumonia'\\).*different classes"),
     "size-disagrees-between-rows": ([GOOD_ROW, GOOD_ROW.replace("pneumonia,", "consolidation,", 1)
                                      .replace(",512,512", ",512,600")], "row 3: image size"),
 }
@@ -507,9 +526,12 @@ def test_ground_refuses_to_write_through_a_symlinked_output(sandbox, capsys):
     victim = sandbox / "inputs" / "victim.npy"
     victim.write_bytes(b"keep")
     image = sandbox / "inputs" / "phantom.png"
-    (out / (output_name(image, "effusion") + ".npy")).symlink_to(victim)
+    model = sandbox / "inputs" / "toy"
+    settings = json.dumps({"model": str(model), "config": Grounder(load_model(model)).config.to_dict()},
+                          sort_keys=True)
+    (out / (output_name(image, "effusion", settings) + ".npy")).symlink_to(victim)
     before = snapshot(sandbox, out)
-    code, _, err = run_cli(["ground", image, "effusion", "--model", sandbox / "inputs" / "toy", "--out", out], capsys)
+    code, _, err = run_cli(["ground", image, "effusion", "--model", model, "--out", out], capsys)
     assert code == 2 and "symbolic link" in err and snapshot(sandbox, out) == before
 
 
@@ -569,3 +591,73 @@ def test_help_loads_no_torch():
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.stdout.strip() == "False"
 
+
+
+# --- the second adversarial pass (260 inputs after the hardening): its 20 findings, by mechanism ---------------------
+def test_the_api_takes_a_model_name_and_refuses_what_is_no_model_or_no_phrase_list():
+    grounder = Grounder("toy", "fast")
+    assert type(grounder.model.unet).__name__ == "DiffusionModelUNet"
+    with pytest.raises(ModelLoadError, match="known name"):
+        load_model(None)
+    with pytest.raises(PhraseError, match="a string or a list of strings"):
+        grounder.ground(NIH_MINI / "images" / "00000072_000.png", None)
+    assert grounder.unet_evaluations == {"unconditional": 0, "conditional": 0}
+
+
+def test_a_model_folder_without_its_tokenizer_names_the_folder(tmp_path):
+    shutil.copytree(KNOWN_MODELS["toy"], tmp_path / "toy")
+    shutil.rmtree(tmp_path / "toy" / "tokenizer")
+    with pytest.raises(WeightsNotFoundError, match=f"no tokenizer in {tmp_path / 'toy'}"):
+        load_model(tmp_path / "toy")
+
+
+def test_flags_of_another_kind_of_dataset_are_refused_not_ignored(tmp_path, capsys):
+    code, err = _centre_run(tmp_path / "a", capsys, "--n", "2")
+    assert code == 2 and "--seed and --n are for --dataset phantoms" in err and "--limit" in err
+    code, _, err = run_cli(["eval", "--dataset", "phantoms", "--root", NIH_MINI, "--method", "centre", "--out",
+                            tmp_path / "b"], capsys)
+    assert code == 2 and "--root and --csv are for file datasets" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_grid_key_given_twice_is_an_error(tmp_path, capsys):
+    code, _, err = run_cli(["sweep", "--grid", "threshold=otsu", "--grid", "threshold=gmm", "--n", "2", "--out",
+                            tmp_path / "s"], capsys)
+    assert code == 2 and "--grid threshold is given twice" in err and not (tmp_path / "s").exists()
+
+
+def test_compare_refuses_runs_scored_against_different_boxes(tmp_path, capsys):
+    shutil.copytree(NIH_MINI, tmp_path / "nih")
+    table = tmp_path / "nih" / "BBox_List_2017.csv"
+    assert _centre_run(tmp_path / "first", capsys, "--limit", "2")[0] == 0
+    lines = table.read_text().splitlines()
+    first = lines[1].split(",")
+    first[4] = str(float(first[4]) + 40)  # a wider box for the first sample, same image and class
+    table.write_text("\n".join([lines[0], ",".join(first), *lines[2:]]) + "\n")
+    code, _, _ = run_cli(["eval", "--dataset", "nih", "--root", tmp_path / "nih", "--method", "centre", "--limit",
+                          "2", "--out", tmp_path / "second"], capsys)
+    assert code == 0
+    code, _, err = run_cli(["compare", tmp_path / "first", tmp_path / "second"], capsys)
+    assert code == 2 and "different ground truth" in err
+
+
+def test_toy_eval_on_training_seeds_says_it_is_not_held_out(capsys):
+    code, out, err = run_cli(["toy", "eval", "--seed", "10", "--n", "2", "--methods", "uniform"], capsys)
+    assert code == 0 and "overlap the training seeds" in err and "| uniform |" in out
+
+
+def test_ground_with_other_settings_writes_other_files(sandbox, capsys):
+    out = sandbox / "out"
+    image = sandbox / "inputs" / "phantom.png"
+    for sigma in ("1", "3"):
+        code, _, _ = run_cli(["ground", image, "effusion", "--model", sandbox / "inputs" / "toy", "--preset", "fast",
+                              "--set", f"gaussian_sigma={sigma}", "--out", out], capsys)
+        assert code == 0
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert sorted(r["config"]["gaussian_sigma"] for r in records) == [1, 3]
+
+
+def test_a_csv_with_a_byte_order_mark_reads(tmp_path):
+    csv = _ms_cxr(tmp_path, [GOOD_ROW], encoding="utf-8-sig")
+    assert csv.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert len(load_dataset("csv", tmp_path, csv).samples) == 1

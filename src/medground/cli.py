@@ -74,14 +74,15 @@ def cmd_ground(args: argparse.Namespace) -> int:
         print(f"note: {len(args.phrases) - len(phrases)} repeated phrase(s) grounded once", file=sys.stderr)
     pixels = read_image(args.image)
     check_writable_folder(args.out)
-    names = {phrase: output_name(args.image, phrase) for phrase in phrases}
-    targets = {phrase: {suffix: output_path(args.out, name + suffix) for suffix in (".npy", ".png", ".json")}
-               for phrase, name in names.items()}
     _quiet_transformers()
     model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
     for phrase in phrases:
         phrase_tokens(model.tokenizer, phrase)
     grounder = Grounder(model, args.preset, overrides=overrides_of(args), progress=True, precision=args.precision)
+    settings = json.dumps({"model": str(args.model), "config": grounder.config.to_dict()}, sort_keys=True)
+    names = {phrase: output_name(args.image, phrase, settings) for phrase in phrases}
+    targets = {phrase: {suffix: output_path(args.out, name + suffix) for suffix in (".npy", ".png", ".json")}
+               for phrase, name in names.items()}
     for result in grounder.ground(pixels, phrases):
         target = targets[result.phrase]
         np.save(target[".npy"], result.heatmap)
@@ -133,7 +134,13 @@ def cmd_models(_args: argparse.Namespace) -> int:
 
 def cmd_toy_eval(args: argparse.Namespace) -> int:
     from medground.toy.evaluate import evaluate_toy, format_table
+    from medground.toy.phantoms import TRAINING_SEEDS, VALIDATION_SEEDS
 
+    seeds = range(args.seed, args.seed + args.n)
+    for name, used in (("training", TRAINING_SEEDS), ("validation", VALIDATION_SEEDS)):
+        if seeds.start < used.stop and used.start < seeds.stop:
+            print(f"warning: seeds {seeds.start}..{seeds.stop - 1} overlap the {name} seeds {used.start}.."
+                  f"{used.stop - 1}; this is not a held-out evaluation", file=sys.stderr)
     _quiet_transformers()
     report = evaluate_toy(args.model, args.seed, args.n, methods=args.methods, preset=args.preset,
                           overrides=overrides_of(args), device=args.device)
@@ -153,19 +160,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def dataset_of(args: argparse.Namespace, default_seed: int) -> Any:
+    """The dataset the flags name; flags that belong to another kind of dataset are refused, not ignored."""
     from medground.datasets import load_dataset
+
+    if args.dataset == "phantoms":
+        if args.root is not None or args.csv is not None:
+            raise ConfigError("--dataset phantoms generates its images; --root and --csv are for file datasets")
+        args.seed = default_seed if args.seed is None else args.seed
+        args.n = 40 if args.n is None else args.n
+        return load_dataset("phantoms", seed=args.seed, n=args.n)
+    if args.seed is not None or args.n is not None:
+        raise ConfigError(f"--seed and --n are for --dataset phantoms; to evaluate part of {args.dataset} use --limit")
+    if args.root is None:
+        raise ConfigError(f"--dataset {args.dataset} needs --root")
+    return load_dataset(args.dataset, args.root, args.csv)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from medground.evaluate.report import summary_markdown
     from medground.evaluate.runner import run_evaluation
     from medground.evaluate.store import RunWriter, check_writable_folder
     from medground.methods import MethodOptions, make_method
 
-    if args.dataset == "phantoms":
-        load = load_dataset("phantoms", seed=args.seed, n=args.n)
-    else:
-        if args.root is None:
-            raise ConfigError(f"--dataset {args.dataset} needs --root")
-        load = load_dataset(args.dataset, args.root, args.csv)
+    load = dataset_of(args, default_seed=123456789)
     if args.limit:
         load.samples = load.samples[: args.limit]
     if not load.samples:
@@ -209,22 +227,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from medground.backbones.model_dir import load_model
-    from medground.datasets import load_dataset
     from medground.evaluate.store import check_writable_folder
     from medground.evaluate.sweep import parse_grid, run_sweep
     from medground.toy.phantoms import VALIDATION_SEEDS
 
     grid = parse_grid(args.grid)
-    if args.dataset == "phantoms":
-        if args.seed not in VALIDATION_SEEDS or args.seed + args.n - 1 not in VALIDATION_SEEDS:
-            raise ConfigError(f"a sweep chooses settings, so on phantoms it runs on the validation seeds "
-                              f"{VALIDATION_SEEDS.start}..{VALIDATION_SEEDS.stop - 1} only (never evaluation seeds); "
-                              f"got {args.seed}..{args.seed + args.n - 1}")
-        load = load_dataset("phantoms", seed=args.seed, n=args.n)
-    else:
-        if args.root is None:
-            raise ConfigError(f"--dataset {args.dataset} needs --root")
-        load = load_dataset(args.dataset, args.root, args.csv)
+    load = dataset_of(args, default_seed=VALIDATION_SEEDS.start)
+    if args.dataset == "phantoms" and (args.seed not in VALIDATION_SEEDS or
+                                       args.seed + args.n - 1 not in VALIDATION_SEEDS):
+        raise ConfigError(f"a sweep chooses settings, so on phantoms it runs on the validation seeds "
+                          f"{VALIDATION_SEEDS.start}..{VALIDATION_SEEDS.stop - 1} only (never evaluation seeds); "
+                          f"got {args.seed}..{args.seed + args.n - 1}")
     check_writable_folder(args.out)
     _quiet_transformers()
     model = load_model(args.model, device=args.device, text_encoder=args.text_encoder)
@@ -369,7 +382,8 @@ def _add_batch_command(commands: Any, model_flags: argparse.ArgumentParser,
     batch.add_argument("--batch-size", type=positive_int, default=None,
                        help="images per inversion batch (default: from free GPU memory; 8 on the CPU)")
     batch.add_argument("--unit-images", type=positive_int, default=IMAGES_PER_UNIT,
-                       help=f"images per work unit, the grain of output and resume (default {IMAGES_PER_UNIT})")
+                       help=f"images per work unit, the grain of the plan and of resume (default {IMAGES_PER_UNIT}); "
+                       "finished units are written out every 4096 rows or 60 s, so a kill loses at most that much")
     batch.add_argument("--compile", action="store_true",
                        help="run the inversion through a compiled UNet (torch.compile; CUDA graphs on CUDA); the first "
                        "batch of each shape pays the compile time")
@@ -413,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     ground = commands.add_parser("ground", parents=[model_flags],
                                  help="ground phrases in one image and write heatmaps, overlays, JSON",
                                  description="Ground each PHRASE in IMAGE. Per phrase writes to --out, under a name "
-                                 "unique to (image, phrase): the original-size heatmap (.npy, NaN outside the model's "
-                                 "centre crop), an overlay (.png) and a JSON with boxes, scores, timings and the "
-                                 "effective config.")
+                                 "unique to (image, phrase, model, settings): the original-size heatmap (.npy, NaN "
+                                 "outside the model's centre crop), an overlay (.png) and a JSON with boxes, scores, "
+                                 "timings and the effective config.")
     ground.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
     ground.add_argument("phrases", nargs="+", metavar="PHRASE", help="one or more report phrases")
     ground.add_argument("--out", type=Path, required=True, help="output folder")
@@ -463,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="biovil, biovil-t: a local copy of the weights repository or another hub repo "
                           "(default: the official one)")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
-    evaluate.add_argument("--seed", type=non_negative_int, default=123456789, help="phantoms: first seed")
-    evaluate.add_argument("--n", type=positive_int, default=40, help="phantoms: number of phantoms")
+    evaluate.add_argument("--seed", type=non_negative_int, default=None, help="phantoms: first seed (default "
+                          "123456789)")
+    evaluate.add_argument("--n", type=positive_int, default=None, help="phantoms: number of phantoms (default 40)")
     evaluate.add_argument("--out", type=Path, required=True, help="run folder")
     evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     evaluate.set_defaults(func=cmd_eval)
@@ -477,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dataset", default="phantoms", choices=list(DATASETS))
     sweep.add_argument("--root", type=Path, default=None, help="image root (not for phantoms)")
     sweep.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
-    sweep.add_argument("--seed", type=non_negative_int, default=5_000_000, help="phantoms: first validation seed")
-    sweep.add_argument("--n", type=positive_int, default=40, help="phantoms: number of phantoms")
+    sweep.add_argument("--seed", type=non_negative_int, default=None, help="phantoms: first validation seed "
+                       "(default 5000000)")
+    sweep.add_argument("--n", type=positive_int, default=None, help="phantoms: number of phantoms (default 40)")
     sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                        help="a setting and its values (repeatable; the grid is their product)")
     sweep.add_argument("--out", type=Path, required=True, help="sweep folder")
@@ -518,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         "AUROC (binned and exact), CNR and phrase discrimination for the model and the baselines uniform, "
         "centre, prior (mean validation box mask) and untrained (random weights, same pipeline).")
     toy_eval.add_argument("--seed", type=non_negative_int, required=True,
-                          help="first phantom seed (keep it away from the training seeds 0..200000 and the "
+                          help="first phantom seed (keep it away from the training seeds 0..199999 and the "
                           "validation seeds 5000000..5000199)")
     toy_eval.add_argument("--n", type=positive_int, default=40, help="number of phantoms")
     toy_eval.add_argument("--json", action="store_true", help="print JSON instead of a table")

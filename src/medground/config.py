@@ -20,6 +20,8 @@ from typing import Any, Literal
 from medground.errors import ConfigError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+MAX_UPSAMPLE_SIZE = 4096
+"""Twice the largest model input medground accepts (2048); a larger map only costs memory (P x side^2 floats)."""
 """Numerics of a grounding run; only ``fp32`` reproduces the reference to the digit (see ``Grounder``)."""
 MODEL_FIELDS = ("inference_steps", "window_start", "window_stop", "cross_attention_layers", "gaussian_sigma")
 """Settings a model directory may default (``grounding_defaults``): they depend on the network, not the recipe."""
@@ -107,6 +109,9 @@ class GroundingConfig:
                     not all(isinstance(p, str) and p for p in layers):
                 raise ConfigError(f"cross_attention_layers must be 'all' or a non-empty list of module paths, got "
                                   f"{layers!r}")
+            repeated = sorted({p for p in layers if list(layers).count(p) > 1})
+            if repeated:
+                raise ConfigError(f"cross_attention_layers lists {repeated} more than once")
             object.__setattr__(self, "cross_attention_layers", tuple(layers))
         for name in ("layer_weights", "step_weights"):
             _check_weights(self, name)
@@ -120,7 +125,7 @@ class GroundingConfig:
                               "shared by all phrases); only BBM's text-only generation (bbm=true) uses guidance")
         _check_bool(self, "normalise_each_map")
         if self.upsample_size != "latent":
-            _check_int(self, "upsample_size", minimum=2, optional=True)
+            _check_int(self, "upsample_size", minimum=2, maximum=MAX_UPSAMPLE_SIZE, optional=True)
         _check_choice(self, "upsample_mode", ("bilinear", "nearest"))
         _check_number(self, "gaussian_sigma", minimum=0.0, optional=True)
         _check_bool(self, "bbm")
@@ -168,12 +173,15 @@ class GroundingConfig:
         return replace(self, **overrides) if overrides else self
 
 
-def _check_int(config: GroundingConfig, name: str, minimum: int, optional: bool = False) -> None:
+def _check_int(config: GroundingConfig, name: str, minimum: int, optional: bool = False,
+               maximum: int | None = None) -> None:
     value = getattr(config, name)
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
+            (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
 
 
 def _check_number(config: GroundingConfig, name: str, minimum: float, optional: bool = False) -> None:
@@ -211,16 +219,17 @@ PRESETS: dict[str, GroundingConfig] = {
     "paper": GroundingConfig(),
     "paper-exact-geometry": GroundingConfig(back_projection="exact"),
     "fast": GroundingConfig(grid_coarsening=5),
-    "recommended": GroundingConfig(normalise_each_map=False),
+    "recommended": GroundingConfig(layer_weights="by_resolution", normalise_each_map=False),
     "g2g": GroundingConfig(noising="forward", inference_steps=50, timestep_spacing="leading", timestep_offset=1,
                            window_start=0, window_stop=40, cross_attention_layers="all", token_rule="content_words",
                            guidance_scale=16.0, normalise_each_map=False, upsample_size="latent",
                            upsample_mode="nearest", gaussian_sigma=0.0, bbm=True, threshold="gmm", noise_seed=4200),
 }
 """``paper``: the official code's recipe. ``paper-exact-geometry``: the same with the exact inverse of the crop.
-``fast``: a 5x coarser grid whose window covers the same noise levels. ``recommended``: the paper's recipe without
-the per-map min-max normalisation, so steps and layers whose attention is weak weigh less (the one change that
-helped both toys on validation seeds in ``medground sweep``; docs/ablation.md has held-out numbers).
+``fast``: a 5x coarser grid whose window covers the same noise levels. ``recommended``: the paper's recipe with finer
+layers weighted more (by grid side) and without the per-map min-max normalisation, so steps and layers whose
+attention is weak weigh less: the combination ranked first for both toys on validation seeds by ``medground sweep``
+(docs/ablation.md has the held-out numbers).
 ``g2g``: Generate-to-Ground's read-out (docs/readout.md says where it follows their code and where it cannot)."""
 
 

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from medground.backbones.base import Backbone
 from medground.config import PRECISIONS, GroundingConfig, ModelFacts, resolve
 from medground.engine.invert import WindowLatents, unconditional_evaluations, window_latents
 from medground.engine.record import record_attention
-from medground.errors import ConfigError, ModelOutputError
+from medground.errors import ConfigError, ModelOutputError, PhraseError
 from medground.images import Geometry, ImageInput, PreparedImage, prepare_image
 from medground.readout.aggregate import average_attention_maps, upsample
 from medground.readout.bbm import merge_biases
@@ -78,9 +79,13 @@ class Grounder:
     (``Backbone.compiled``; the first batch of each shape pays the compile time).
     """
 
-    def __init__(self, model: Backbone, config: GroundingConfig | str | None = None,
+    def __init__(self, model: Backbone | str | Path, config: GroundingConfig | str | None = None,
                  overrides: dict[str, Any] | None = None, progress: bool = False, batch_size: int = 8,
                  precision: str = "fp32", cache_size: int = 64, compile: bool = False) -> None:
+        if not isinstance(model, Backbone):  # a name, folder or hub id: loaded on the CPU, as load_model does
+            from medground.backbones.model_dir import load_model
+
+            model = load_model(model)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and model.device.type != "cuda":
@@ -91,6 +96,10 @@ class Grounder:
         facts = ModelFacts(model.noise_schedule.num_train_timesteps, tuple(model.attention_layers()),
                            model.latent_side, model.attention_grid_sides)
         self.config = resolve(model.grounding_defaults(), config, overrides, facts)
+        prompt_tokens = len(model.tokenizer(self.config.unconditional_prompt, truncation=False)["input_ids"])
+        if prompt_tokens > model.tokenizer.model_max_length:
+            raise ConfigError(f"unconditional_prompt has {prompt_tokens} tokens, but the text encoder takes at most "
+                              f"{model.tokenizer.model_max_length}")
         self.progress = progress
         self.batch_size = batch_size
         self.precision = precision
@@ -102,8 +111,7 @@ class Grounder:
 
     def ground(self, image: ImageInput, phrases: str | Sequence[str]) -> list[GroundingResult]:
         """All phrases of one image share one inversion; their conditional passes run as one batch."""
-        phrases = [phrases] if isinstance(phrases, str) else list(phrases)
-        return self.ground_many([(image, phrases)])[0]
+        return self.ground_many([(image, _phrase_list(phrases))])[0]
 
     def ground_report(self, image: ImageInput, report: str) -> ReportGrounding:
         """Every positive or uncertain finding of a radiology report, sharing one inversion; negated, hypothetical
@@ -231,7 +239,11 @@ class Grounder:
 
 
 def _phrase_list(phrases: str | Sequence[str]) -> list[str]:
-    return [phrases] if isinstance(phrases, str) else list(phrases)
+    if isinstance(phrases, str):
+        return [phrases]
+    if not isinstance(phrases, Sequence):
+        raise PhraseError(f"phrases must be a string or a list of strings, got {type(phrases).__name__}")
+    return list(phrases)
 
 
 def _resize_square(values: np.ndarray, size: int, mode: str) -> np.ndarray:

@@ -38,8 +38,9 @@ def read_image(image: ImageInput) -> np.ndarray:
 
     Pixel scaling: 8-bit / 255; 16-bit / 65535, except data whose maximum is at most 4095, which is read as 12-bit
     (/ 4095: 12-bit radiographs are often stored in 16-bit PNGs and would otherwise come out 16 times too dark);
-    32-bit integers only when their values fit 16 bits (then as 16-bit); floats clipped to [0, 1]; DICOM through its
-    modality LUT, then its VOI LUT or window, then min-max. Images without contrast are refused.
+    32-bit integers only when their values fit 16 bits (then as 16-bit); floats only in [0, 1]; DICOM (MONOCHROME1 or
+    2) through its modality LUT, then its VOI LUT or window, then min-max. Images without contrast, with several
+    frames or with transparency are refused.
     """
     if isinstance(image, (str, Path)):
         pixels = _read_path(Path(image))
@@ -112,8 +113,12 @@ def _read_path(path: Path) -> np.ndarray:
         return _read_dicom(path)
     try:
         with _pil_limits(path), Image.open(path) as opened:
+            if getattr(opened, "n_frames", 1) > 1:
+                raise ImageError(f"{path} holds {opened.n_frames} frames; a single 2-D image is expected")
             opened.load()
             return _pil_to_unit(opened, str(path))
+    except ImageError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise _unreadable(path, exc) from exc
 
@@ -137,6 +142,10 @@ def _read_dicom(path: Path) -> np.ndarray:
 
     try:
         dataset = pydicom.dcmread(path)
+        photometric = getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise ImageError(f"{path}: PhotometricInterpretation {photometric!r}; a grayscale radiograph "
+                             "(MONOCHROME1 or MONOCHROME2) is expected")
         pixels = dataset.pixel_array
         if pixels.ndim != 2:
             raise ImageError(f"{path}: DICOM pixel data has shape {pixels.shape}; a single 2-D frame is expected")
@@ -149,7 +158,7 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: DICOM pixel values are not finite after its LUTs")
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    if getattr(dataset, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
+    if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled
     return scaled.astype(np.float32)
 
@@ -169,8 +178,12 @@ def _pil_to_unit(image: Image.Image, name: str) -> np.ndarray:
     return _array_to_unit(np.asarray(image), name)
 
 
+FLOAT_SLACK = 1e-3
+"""Float images may overshoot [0, 1] by this much (rounding in the caller's own scaling); it is clipped."""
+
+
 def _array_to_unit(array: np.ndarray, name: str) -> np.ndarray:
-    """8-bit /255, 16-bit /65535 (12-bit data /4095), floats clipped to [0, 1] (ScaleIntensityRange with clip)."""
+    """8-bit /255, 16-bit /65535 (12-bit data /4095), floats in [0, 1] as they are."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2:
@@ -186,6 +199,10 @@ def _array_to_unit(array: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise ImageError(f"{name} contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:  # clipping would silently flatten the image
+            raise ImageError(f"{name}: float pixel values span [{low:.4g}, {high:.4g}], but floats must lie in "
+                             "[0, 1]; divide 8-bit data by 255 (or pass it as uint8) and rescale other ranges first")
         return np.clip(array.astype(np.float32), 0.0, 1.0)
     raise ImageError(f"{name}: unsupported pixel type {array.dtype}; use uint8, uint16 or float in [0, 1]")
 

@@ -75,6 +75,9 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def resolve_model_source(path_or_name: str | Path) -> Path:
     """A known name -> its shipped folder; an existing path -> itself; ``hub-id[@revision]`` -> the hub snapshot."""
+    if not isinstance(path_or_name, (str, Path)):
+        raise ModelLoadError(f"a model is a known name {sorted(KNOWN_MODELS)}, a folder or hub-id[@revision]; got "
+                             f"{path_or_name!r}")
     if isinstance(path_or_name, str) and path_or_name in KNOWN_MODELS:
         return KNOWN_MODELS[path_or_name]
     path = Path(path_or_name)
@@ -268,6 +271,7 @@ def build_network(cls: type[nn.Module], args: Any, where: str) -> nn.Module:
 
 TEXT_ENCODER_CLASSES = {"transformers.CLIPTextModel", "transformers.BertModel"}
 TOKENIZER_CLASSES = {"transformers.CLIPTokenizer", "transformers.BertTokenizer"}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
 
 
 def text_part_folder(base: Path, part: str) -> Path:
@@ -307,6 +311,10 @@ def _load_text_part(model_dir: Path, spec: dict[str, Any], part: str, override: 
         folder = text_part_folder(base, part)
         if not folder.is_dir():
             raise WeightsNotFoundError(f"{part} folder not found: {folder}")
+        if part == "tokenizer" and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            # transformers would build an empty tokenizer that maps every word to the unknown token
+            raise WeightsNotFoundError(f"no tokenizer in {folder} (looked for {', '.join(TOKENIZER_FILES)}, and for "
+                                       f"a tokenizer/ subfolder)")
         try:
             loaded = cls.from_pretrained(str(folder), local_files_only=True, **options, **_info(part))
         except (OSError, ValueError, TypeError, KeyError) as exc:

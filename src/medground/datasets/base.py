@@ -65,7 +65,7 @@ def csv_rows(path: Path, dict_rows: bool = True, required: Sequence[str] = ()) -
     """The rows of a UTF-8 CSV (as dicts with the ``required`` columns, or lists); an undecodable or malformed file,
     or missing columns, is a DatasetError."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel writes a byte-order mark
             if not dict_rows:
                 yield csv.reader(handle)
                 return
@@ -130,6 +130,16 @@ class SampleRows:
     category: str
     boxes: list[Box] = field(default_factory=list)
     rows: list[str] = field(default_factory=list)
+
+    def add(self, box: Box, where: str, category: str) -> None:
+        """One more box of this sample; a row of another class for the same (image, phrase) is an error, since
+        its box would be scored as this class's."""
+        if category != self.category:
+            raise DatasetError(f"{where} ({category!r}) and {self.rows[0]} ({self.category!r}) give the same phrase "
+                               f"{self.phrase!r} on one image {self.image_key} under different classes; fix the "
+                               "class of one of them.")
+        self.boxes.append(box)
+        self.rows.append(where)
 
 
 def assemble(name: str, groups: Iterable[SampleRows], sizes: Callable[[SampleRows], tuple[int, int]]) -> DatasetLoad:

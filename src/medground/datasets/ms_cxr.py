@@ -38,7 +38,6 @@ def read_ms_cxr(root: Path, csv: Path | None = None):
                 raise DatasetError(f"{where}: image size {size} differs from an earlier row's "
                                    f"{declared[row['path']]} for {row['path']}")
             group = groups.setdefault((row["path"], phrase), SampleRows(path, row["path"], phrase, category))
-            group.boxes.append(parse_box(row["x"], row["y"], row["w"], row["h"], where))
-            group.rows.append(where)
+            group.add(parse_box(row["x"], row["y"], row["w"], row["h"], where), where, category)
     return assemble("ms-cxr", groups.values(),
                     lambda g: checked_size(g.image, g.rows[0], declared[g.image_key]))

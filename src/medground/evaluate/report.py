@@ -106,6 +106,11 @@ def compare_runs(run_dirs: Sequence[Path]) -> str:
         missing = sorted({m for i in shared for m in (*METRICS, "category") if m not in records[i]})
         if missing:
             raise RunDirError(f"run records lack {missing}; not written by this medground")
+    for name, records in runs[1:]:  # paired differences are only about the methods if the boxes are the same
+        differ = sorted(i for i in shared if records[i].get("truth") != runs[0][1][i].get("truth"))
+        if differ:
+            raise RunDirError(f"{name} and {runs[0][0]} scored {len(differ)} shared sample(s) against different ground "
+                              f"truth (class, image size or boxes), e.g. {differ[0]}; compare runs on one dataset")
     summaries = [summarise([records[i] for i in sorted(shared)]) for _, records in runs]
     lines = [f"Compared on the {len(shared)} samples all runs share. Cells: mean (paired difference to the first run).",
              "", "| class | n | " + " | ".join(name for name, _ in runs) + " |",

@@ -11,6 +11,7 @@ order and this process alone writes them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -91,8 +92,16 @@ def score_group(method: GroundingMethod, group: Sequence[Sample], missing: Seque
         if sample.id in wanted:
             previews.append((sample.id, preview(heatmaps[sample.id])))
             records.append({"id": sample.id, "category": sample.category, "phrase": sample.phrase,
+                            "truth": ground_truth_digest(sample),
                             **score(heatmaps[sample.id], sample, group), "seconds": round(seconds, 4)})
     return records, previews
+
+
+def ground_truth_digest(sample: Sample) -> str:
+    """Names what a sample was scored against (class, image size, boxes), so runs are only compared on equal
+    ground truth."""
+    text = json.dumps([sample.category, sample.width, sample.height, [[round(v, 3) for v in b] for b in sample.boxes]])
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,9 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             values = None
         if values is None:
             values = [parse_assignment(f"{key}={part}")[1] for part in _split(raw)]
+        if key.strip() in grid:
+            raise ConfigError(f"--grid {key.strip()} is given twice; list all its values in one --grid "
+                              f"{key.strip()}=V1,V2")
         grid[key.strip()] = values
     return grid
 

@@ -123,11 +123,12 @@ def write_outputs(folder: Path, image_name: str | Path, pixels: np.ndarray, grou
     folder = Path(folder)
     what = grounding.report if grounding.report is not None else "\n".join(f.text for f in grounding.findings)
     kind = "report" if grounding.report is not None else "phrases"
-    base = output_path(folder, output_name(image_name, f"{kind}\n{what}"))
+    settings = json.dumps(record, sort_keys=True, default=str)
+    base = output_path(folder, output_name(image_name, f"{kind}\n{what}", settings))
     document = {**record, **grounding.to_json()}
     written = []
     for finding, row in zip(grounding.findings, document["findings"]):
-        path = output_path(folder, f"{output_name(image_name, finding.text)}.npy")
+        path = output_path(folder, f"{output_name(image_name, finding.text, settings)}.npy")
         np.save(path, finding.result.heatmap)
         row["heatmap_file"] = path.name
         written.append(path)
