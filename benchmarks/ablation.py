@@ -34,7 +34,7 @@ def recipes(model: Any) -> list[tuple[str, str, dict[str, Any]]]:
         ("layer weights by resolution (16x16 twice 8x8)", "paper", {"layer_weights": "by_resolution"}),
         ("step weights: ramp 1 -> 2 (noisier steps more)", "paper", {"step_weights": ramp}),
         ("no per-map normalisation", "paper", {"normalise_each_map": False}),
-        ("recommended (the two above together)", "recommended", {}),
+        ("recommended (by-resolution layer weights + no per-map normalisation)", "recommended", {}),
         ("fast", "fast", {}),
         ("g2g", "g2g", {}),
     ]
