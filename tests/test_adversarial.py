@@ -661,3 +661,38 @@ def test_a_csv_with_a_byte_order_mark_reads(tmp_path):
     csv = _ms_cxr(tmp_path, [GOOD_ROW], encoding="utf-8-sig")
     assert csv.read_bytes().startswith(b"\xef\xbb\xbf")
     assert len(load_dataset("csv", tmp_path, csv).samples) == 1
+
+
+def test_an_image_that_cannot_be_opened_is_an_image_error(tmp_path, monkeypatch):
+    """A file without read permission (or an I/O error) becomes an ImageError, so batch writes an error row."""
+    path = phantom_png(tmp_path / "locked.png").rename(tmp_path / "locked")  # no suffix: the DICOM sniff opens it
+    real_open = Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(ImageError, match="cannot read .*Permission denied"):
+        read_image(path)
+
+
+def test_layer_weights_follow_the_layer_names_not_the_order_layers_run_in():
+    """diffusers lists up_blocks before mid_block, but the UNet runs mid first: weights are matched by path."""
+    model = load_model("toy-sd")
+    layers = model.attention_layers()
+    sides = model.attention_grid_sides()
+    weights = [3.0 if sides[path] == max(sides.values()) else 1.0 for path in layers]
+    base = {"inference_steps": 40, "window_start": 8, "window_stop": 12, "gaussian_sigma": 0.0, "threshold": "none"}
+    image = NIH_MINI / "images" / "00000072_000.png"
+    listed = Grounder(model, overrides={**base, "cross_attention_layers": layers, "layer_weights": weights})
+    reversed_ = Grounder(model, overrides={**base, "cross_attention_layers": layers[::-1],
+                                           "layer_weights": weights[::-1]})
+    by_resolution = Grounder(model, overrides={**base, "cross_attention_layers": layers[::-1],
+                                               "layer_weights": "by_resolution"})
+    maps = [g.ground(image, "pleural effusion")[0].model_heatmap for g in (listed, reversed_, by_resolution)]
+    assert np.abs(maps[0] - maps[1]).max() <= 1e-6
+    plain = Grounder(model, overrides={**base, "cross_attention_layers": layers}).ground(image, "pleural effusion")[0]
+    assert np.abs(maps[0] - plain.model_heatmap).max() > 1e-3  # the weights matter, so the first check can fail
+    assert by_resolution.config.layer_weights == tuple(sides[p] / 8 for p in layers[::-1])

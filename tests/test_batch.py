@@ -51,6 +51,10 @@ def test_manifest_formats_give_the_same_plan(tmp_path):
     assert [(q.row, q.phrase_index, q.id, q.phrase) for q in unit.images[0].queries] == \
         [(0, 0, "5", "x"), (0, 1, "5", "y"), (2, 0, "9", "w")]
     assert unit.images[1].queries[0].id == "7"
+    for suffix in (".csv", ".jsonl"):  # saved with a byte-order mark (Excel's "CSV UTF-8"): the same plan
+        marked = tmp_path / f"bom{suffix}"
+        marked.write_bytes(b"\xef\xbb\xbf" + (tmp_path / f"m{suffix}").read_bytes())
+        assert list(Manifest.open(marked).units(2, 100)) == plans[0]
     windows = list(Manifest.open(tmp_path / "m.csv").units(images_per_unit=8, window_rows=2))
     assert [[image.path for image in u.images] for u in windows] == [[str(tmp_path / "a.png"), str(tmp_path / "b.png")],
                                                                      [str(tmp_path / "a.png")]]

@@ -158,12 +158,13 @@ class Grounder:
         """The (P, S, S) map before smoothing: the weighted mean of the recorded maps, BBM-merged if asked."""
         config = self.config
         side = config.upsample_size or self.model.image_size
+        weights = dict(zip(config.cross_attention_layers, config.layer_weights)) if config.layer_weights else None
         if not config.bbm:
             return average_attention_maps(recorded.per_layer, recorded.total_weight, side, config.upsample_mode,
-                                          config.layer_weights)
+                                          weights)
         latent = self.model.latent_side
         activation = average_attention_maps(recorded.per_layer, recorded.total_weight, latent, config.upsample_mode,
-                                            config.layer_weights)
+                                            weights)
         merged = merge_biases(activation, recorded.image_bias, recorded.text_bias)
         return merged if side == latent else upsample(merged, side, "bilinear")
 

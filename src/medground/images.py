@@ -130,9 +130,12 @@ def _unreadable(path: Path, exc: Exception) -> ImageError:
 def _is_dicom(path: Path) -> bool:
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
-    with path.open("rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError as exc:  # unreadable (permissions, I/O): an image error like any other, not a crash
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _read_dicom(path: Path) -> np.ndarray:

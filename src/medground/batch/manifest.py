@@ -168,7 +168,7 @@ class Manifest:
 
     def _open_text(self):
         try:
-            return open(self.path, newline="", encoding="utf-8")
+            return open(self.path, newline="", encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
         except OSError as exc:
             raise DatasetError(f"cannot read manifest {self.path}: {exc.strerror or exc}") from None
 

@@ -6,7 +6,7 @@ layers are averaged with their weights; since resizing is linear, this equals th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +19,15 @@ def upsample(maps: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 
 
 def average_attention_maps(per_layer: dict[str, torch.Tensor], total_weight: float, size: int,
-                           mode: str = "bilinear", layer_weights: Sequence[float] | None = None) -> torch.Tensor:
-    """(P, h, w) step-weighted sums per layer -> (P, size, size) weighted mean over layers and steps."""
+                           mode: str = "bilinear", layer_weights: Mapping[str, float] | None = None) -> torch.Tensor:
+    """(P, h, w) step-weighted sums per layer -> (P, size, size) weighted mean over layers and steps.
+
+    ``layer_weights`` is keyed by layer path: ``per_layer`` comes in the order the layers ran, which need not be the
+    order they were listed in (diffusers lists up_blocks before mid_block)."""
     if not per_layer or not total_weight > 0:
         raise ValueError("no attention was recorded: the window or the layer list is empty")
-    weights = list(layer_weights) if layer_weights is not None else [1.0] * len(per_layer)
+    weights = {path: layer_weights[path] if layer_weights is not None else 1.0 for path in per_layer}
     total = torch.zeros(())
-    for weight, maps in zip(weights, per_layer.values()):
-        total = total + weight * upsample(maps, size, mode)
-    return total / (sum(weights) * total_weight)
+    for path, maps in per_layer.items():
+        total = total + weights[path] * upsample(maps, size, mode)
+    return total / (sum(weights.values()) * total_weight)
