@@ -1,4 +1,5 @@
-"""Names of output files that never collide: a readable slug plus a hash of exactly what was grounded."""
+"""Names of output files that never collide (a readable slug plus a hash of exactly what was grounded), and the
+refusal to write through symbolic links that every writer shares."""
 
 from __future__ import annotations
 
@@ -20,9 +21,13 @@ def output_name(image: str | Path, phrase: str, settings: str = "") -> str:
     return f"{stem}_{slug}_{digest}"
 
 
-def output_path(folder: Path, name: str) -> Path:
-    """``folder / name``, refusing a path that is a symbolic link (writing would follow it out of the folder)."""
-    path = Path(folder) / name
+def refuse_link(path: Path) -> Path:
+    """``path``, unless it is a symbolic link: writing or reading through one would leave the folder it names."""
     if path.is_symlink():
-        raise RunDirError(f"{path} is a symbolic link; medground does not write through links")
+        raise RunDirError(f"{path} is a symbolic link; medground does not write or read through links")
     return path
+
+
+def output_path(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing a symbolic link."""
+    return refuse_link(Path(folder) / name)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from medground.errors import RunDirError
-from medground.evaluate.store import _refuse_link, check_writable_folder, exclusive_lock, write_atomic
+from medground.evaluate.store import check_writable_folder, exclusive_lock, write_atomic
+from medground.outputs import refuse_link
 
 RUN_FILE = "run.json"
 PARTS = "parts"
@@ -79,8 +80,8 @@ class BatchWriter:
                 self.flush()
 
     def _start(self, settings: dict[str, Any], resume: bool) -> None:
-        run_file = _refuse_link(self.folder / RUN_FILE)
-        parts = _refuse_link(self.parts)
+        run_file = refuse_link(self.folder / RUN_FILE)
+        parts = refuse_link(self.parts)
         if run_file.is_file():
             if not resume:
                 raise RunDirError(f"{self.folder} already holds a batch run; pass --resume to continue it or choose "
@@ -144,7 +145,7 @@ def read_done_units(parts: Path) -> dict[int, int]:
     owner: dict[int, Path] = {}
     for path in sorted(parts.glob("part-*.parquet")):
         try:
-            units = pq.read_table(_refuse_link(path), columns=["unit"]).column("unit")
+            units = pq.read_table(refuse_link(path), columns=["unit"]).column("unit")
         except (OSError, pa.ArrowException) as exc:
             raise RunDirError(f"{path} is not readable Parquet ({exc}); move it away by hand: medground never deletes "
                               "rows it cannot read") from None

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medground.errors import RunDirError
+from medground.outputs import refuse_link
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -60,7 +61,7 @@ def parse_records(path: Path, text: bytes) -> tuple[list[dict[str, Any]], int]:
 
 def read_records(folder: Path) -> list[dict[str, Any]]:
     """The complete records of a run folder, without touching it."""
-    path = _refuse_link(Path(folder) / SAMPLES_FILE)
+    path = refuse_link(Path(folder) / SAMPLES_FILE)
     if not path.is_file():
         return []
     return parse_records(path, path.read_bytes())[0]
@@ -69,7 +70,7 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
 def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``run.json`` and the records of an existing run folder; RunDirError if it is not one."""
     folder = Path(folder)
-    run_file = _refuse_link(folder / RUN_FILE)
+    run_file = refuse_link(folder / RUN_FILE)
     if not run_file.is_file():
         raise RunDirError(f"{folder} is not an evaluation run folder: no {RUN_FILE}")
     try:
@@ -81,15 +82,9 @@ def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return settings, read_records(folder)
 
 
-def _refuse_link(path: Path) -> Path:
-    if path.is_symlink():
-        raise RunDirError(f"{path} is a symbolic link; medground does not write or read runs through links")
-    return path
-
-
 def check_writable_folder(folder: Path) -> Path:
     """Create ``folder`` if needed and prove it can be written, before any expensive work."""
-    folder = _refuse_link(Path(folder))
+    folder = refuse_link(Path(folder))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".medground-write-check-{os.getpid()}"
@@ -102,7 +97,7 @@ def check_writable_folder(folder: Path) -> Path:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` in one step (a crash leaves the old file or the new one, never half of one)."""
-    _refuse_link(path)
+    refuse_link(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         temporary.write_bytes(data)
@@ -126,7 +121,7 @@ def preview_step(height: int, width: int) -> int:
 def exclusive_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``folder/.lock`` for the block (the OS releases it if the process dies), so that a
     second writer of the same folder fails at once instead of writing everything twice."""
-    lock_path = _refuse_link(Path(folder) / LOCK_FILE)
+    lock_path = refuse_link(Path(folder) / LOCK_FILE)
     try:
         handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the block)
     except OSError as exc:
@@ -158,8 +153,8 @@ class RunWriter:
             yield self
 
     def _start(self, run_record: dict[str, Any], resume: bool) -> None:
-        run_file = _refuse_link(self.folder / RUN_FILE)
-        samples = _refuse_link(self.folder / SAMPLES_FILE)
+        run_file = refuse_link(self.folder / RUN_FILE)
+        samples = refuse_link(self.folder / SAMPLES_FILE)
         if run_file.is_file():
             if not resume:
                 raise RunDirError(f"{self.folder} already holds a run; pass --resume to continue it or choose "
@@ -199,7 +194,7 @@ class RunWriter:
             os.close(descriptor)
 
     def save_preview(self, sample_id: str, heatmap: np.ndarray) -> None:
-        folder = _refuse_link(self.folder / "previews")
+        folder = refuse_link(self.folder / "previews")
         folder.mkdir(exist_ok=True)
         with open(folder / f"{sample_id}.npy", "wb") as handle:
             np.save(handle, preview(heatmap))
