@@ -641,6 +641,17 @@ def test_compare_refuses_runs_scored_against_different_boxes(tmp_path, capsys):
     assert code == 2 and "different ground truth" in err
 
 
+def test_compare_names_a_run_written_before_ground_truth_was_recorded(tmp_path, capsys):
+    """Records without the ground-truth digest (an older medground's) are named as such, not as other boxes."""
+    for name in ("old", "new"):
+        assert _centre_run(tmp_path / name, capsys, "--limit", "2")[0] == 0
+    samples = tmp_path / "old" / "samples.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    samples.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "truth"}) + "\n" for r in records))
+    code, _, err = run_cli(["compare", tmp_path / "new", tmp_path / "old"], capsys)
+    assert code == 2 and "lack ['truth']" in err and "(older) medground" in err and str(tmp_path / "old") in err
+
+
 def test_toy_eval_on_training_seeds_says_it_is_not_held_out(capsys):
     code, out, err = run_cli(["toy", "eval", "--seed", "10", "--n", "2", "--methods", "uniform"], capsys)
     assert code == 0 and "overlap the training seeds" in err and "| uniform |" in out

@@ -3,6 +3,7 @@ engine against batch one."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -127,6 +128,9 @@ def test_batch_killed_mid_run_resumes_without_losing_or_repeating_a_row(phantoms
         run_batch(Manifest.open(manifest), out, toy_job(), images_per_unit=3, progress=False)
     summary = run_batch(Manifest.open(manifest), out, toy_job(), images_per_unit=3, resume=True, progress=False)
     assert summary.computed == summary.rows - sum(before.values())
+    sessions = json.loads((out / "run.json").read_text())["sessions"]  # how each part was made, run by run
+    assert [s["rows_before"] for s in sessions] == [0, sum(before.values())]
+    assert all(s["engine"] == "local" and s["device"] == "cpu" for s in sessions)
     assert not list((out / "parts").glob(".part-*"))
     resumed, whole = read_output(out), read_output(uninterrupted[0])
     assert set(resumed) == set(whole)

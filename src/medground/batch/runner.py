@@ -56,7 +56,9 @@ def run_batch(manifest: Manifest, out: Path, job: BatchJob, *, resume: bool = Fa
                 "map_side": job.map_side, "map_dtype": job.map_dtype}
     writer = BatchWriter(out, output_schema(job.map_dtype, job.map_side), part_rows, part_seconds)
     computed = errors = 0
-    with writer.open(settings, resume):
+    session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engine": "local" if cluster is None else "ray",
+               "device": job.device, "compile": job.compile, "batch_size": job.batch_size or "auto"}
+    with writer.open(settings, resume, session):
         done = frozenset(writer.done)
         if cluster is None:
             units = PendingUnits(manifest, images_per_unit, window_rows, done, job.image_size)

@@ -26,6 +26,8 @@ from medground.evaluate.store import check_writable_folder, exclusive_lock, writ
 from medground.outputs import refuse_link
 
 RUN_FILE = "run.json"
+SESSIONS_KEY = "sessions"
+"""run.json's list of the runs that wrote into the folder (not compared on resume)."""
 PARTS = "parts"
 PART_ROWS = 4096
 """Rows buffered before a part is written (bounds memory: a 64 x 64 float16 map is 8 KB)."""
@@ -70,23 +72,29 @@ class BatchWriter:
         self._oldest = 0.0
 
     @contextlib.contextmanager
-    def open(self, settings: dict[str, Any], resume: bool) -> Iterator[BatchWriter]:
+    def open(self, settings: dict[str, Any], resume: bool,
+             session: dict[str, Any] | None = None) -> Iterator[BatchWriter]:
+        """``settings`` must match on resume; ``session`` (device, engine, batch size: what may change the last float
+        bits but no row) is appended to the run's ``sessions`` list, so a resumed run says how each part was made."""
         check_writable_folder(self.folder)
         with exclusive_lock(self.folder):
-            self._start(settings, resume)
+            self._start(settings, resume, session or {})
             try:
                 yield self
             finally:  # whole units computed before an error or an interrupt are kept
                 self.flush()
 
-    def _start(self, settings: dict[str, Any], resume: bool) -> None:
+    def _start(self, settings: dict[str, Any], resume: bool, session: dict[str, Any]) -> None:
         run_file = refuse_link(self.folder / RUN_FILE)
         parts = refuse_link(self.parts)
+        sessions: list[Any] = []
         if run_file.is_file():
             if not resume:
                 raise RunDirError(f"{self.folder} already holds a batch run; pass --resume to continue it or choose "
                                   "another --out")
             previous = _read_settings(run_file)
+            sessions = previous.pop(SESSIONS_KEY, [])
+            sessions = sessions if isinstance(sessions, list) else []
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             if changed:
                 details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
@@ -97,7 +105,8 @@ class BatchWriter:
         for leftover in parts.glob(".part-*.tmp"):  # a kill during a write; its rows were never committed
             leftover.unlink()
         self.done = read_done_units(parts)
-        write_atomic(run_file, (json.dumps(settings, indent=2) + "\n").encode())
+        record = {**settings, SESSIONS_KEY: [*sessions, {**session, "rows_before": sum(self.done.values())}]}
+        write_atomic(run_file, (json.dumps(record, indent=2) + "\n").encode())
 
     def add(self, unit: int, rows: Sequence[dict[str, Any]]) -> bool:
         """Buffer a whole unit's rows (False if the unit is already written or buffered); writes a part when due."""

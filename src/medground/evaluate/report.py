@@ -102,10 +102,11 @@ def compare_runs(run_dirs: Sequence[Path]) -> str:
     shared = set(runs[0][1]).intersection(*(set(r) for _, r in runs[1:]))
     if not shared:
         raise RunDirError("the runs share no samples")
-    for _, records in runs:
-        missing = sorted({m for i in shared for m in (*METRICS, "category") if m not in records[i]})
+    for (name, records), run_dir in zip(runs, run_dirs):
+        missing = sorted({m for i in shared for m in (*METRICS, "category", "truth") if m not in records[i]})
         if missing:
-            raise RunDirError(f"run records lack {missing}; not written by this medground")
+            raise RunDirError(f"the records of {name} ({run_dir}) lack {missing}: written by another (older) "
+                              "medground; evaluate again into a new folder to compare it")
     for name, records in runs[1:]:  # paired differences are only about the methods if the boxes are the same
         differ = sorted(i for i in shared if records[i].get("truth") != runs[0][1][i].get("truth"))
         if differ:

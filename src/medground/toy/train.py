@@ -18,6 +18,7 @@ CLIP BPE tokenizer built from the phantom vocabulary, trained jointly with the U
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -164,9 +165,12 @@ def train_autoencoder(out_dir: Path, steps: int, batch_size: int, seed: int, lr:
 
 
 def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr: float, caption_dropout: float,
-          checkpoint_every: int, autoencoder_steps: int = 1500, init_from: Path | None = None) -> None:
+          checkpoint_every: int, autoencoder_steps: int = 1500, init_from: Path | None = None,
+          prediction_type: str | None = None) -> None:
     """``init_from``: continue from a checkpoint's weights (a fresh optimiser and learning-rate schedule, training
-    phantoms after the checkpoint's), e.g. after an interrupted run; its autoencoder is kept as it is."""
+    phantoms after the checkpoint's), e.g. after an interrupted run; its autoencoder is kept as it is.
+    ``prediction_type``: train the UNet to predict ``epsilon`` or ``v_prediction`` instead of the family's default
+    (or the checkpoint's); a continued run may switch, as SD 2's v-models were fine-tuned from epsilon ones."""
     out_dir.mkdir(parents=True, exist_ok=True)
     first_seed = TRAIN_SEED_OFFSET
     if init_from is not None:
@@ -181,6 +185,8 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
         if family == "diffusers":
             autoencoder, latent_scale = train_autoencoder(out_dir, autoencoder_steps, min(batch_size, 16), seed)
         backbone = build_toy(family, out_dir / "tokenizer", seed, autoencoder, latent_scale)
+    if prediction_type is not None:
+        backbone.noise_schedule = dataclasses.replace(backbone.noise_schedule, prediction_type=prediction_type)
     unet, text_encoder = backbone.networks()["unet"], backbone.networks()["text_encoder"]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -222,6 +228,7 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
             command = "python -m medground.toy.train " + " ".join(sys.argv[1:])
             training = {"command": command, "family": family, "seed": seed, "steps": step, "batch_size": batch_size,
                         "lr": lr, "caption_dropout": caption_dropout,
+                        "prediction_type": noise_schedule.prediction_type,
                         "train_phantom_seeds": [0, first_seed + step * batch_size],
                         "final_loss": record["loss"], "seconds": record["seconds"]}
             if init_from is not None:
@@ -248,9 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=400)
     parser.add_argument("--autoencoder-steps", type=int, default=1500, help="diffusers: autoencoder training steps")
     parser.add_argument("--init-from", type=Path, default=None, help="continue from this checkpoint's weights")
+    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+                        help="what the UNet predicts (default: the family's, or the checkpoint's when continuing)")
     args = parser.parse_args(argv)
     train(args.out, args.family, args.steps, args.batch_size, args.seed, args.lr, args.caption_dropout,
-          args.checkpoint_every, args.autoencoder_steps, args.init_from)
+          args.checkpoint_every, args.autoencoder_steps, args.init_from, args.prediction_type)
 
 
 if __name__ == "__main__":
