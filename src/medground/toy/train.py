@@ -8,8 +8,9 @@ directories that the common loader reads. Captions are dropped to the empty stri
 - ``monai-ldm`` (``toy``): MONAI ``DiffusionModelUNet`` with cross-attention at 16x16 and 8x8, v-prediction on the
   paper's schedule, and a fixed lossless pixel-unshuffle autoencoder (1x64x64 <-> 4x32x32).
 - ``diffusers`` (``toy-sd``): a diffusers ``UNet2DConditionModel`` of the SD block layout (cross-attention at 16x16 and
-  8x8), epsilon-prediction on SD 1.x's schedule, and a small ``AutoencoderKL`` (3 channels in, 4 latent channels,
-  factor 2) trained first on the phantoms (``--autoencoder-steps``) with its latent scale set as SD's was (1 / std).
+  8x8) on SD 1.x's schedule (epsilon-prediction unless ``--prediction-type v_prediction``, SD 2.x's target, which the
+  shipped toy-sd uses), and a small ``AutoencoderKL`` (3 channels in, 4 latent channels, factor 2) trained first on
+  the phantoms (``--autoencoder-steps``) with its latent scale set as SD's was (1 / std).
 
 Both use a CLIP text model without transformer layers (token + position embeddings and the final LayerNorm) over a
 CLIP BPE tokenizer built from the phantom vocabulary, trained jointly with the UNet.
