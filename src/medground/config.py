@@ -20,9 +20,9 @@ from typing import Any, Literal
 from medground.errors import ConfigError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+"""Numerics of a grounding run; only ``fp32`` reproduces the reference to the digit (see ``Grounder``)."""
 MAX_UPSAMPLE_SIZE = 4096
 """Twice the largest model input medground accepts (2048); a larger map only costs memory (P x side^2 floats)."""
-"""Numerics of a grounding run; only ``fp32`` reproduces the reference to the digit (see ``Grounder``)."""
 MODEL_FIELDS = ("inference_steps", "window_start", "window_stop", "cross_attention_layers", "gaussian_sigma")
 """Settings a model directory may default (``grounding_defaults``): they depend on the network, not the recipe."""
 
@@ -298,7 +298,8 @@ def resolve(defaults: dict[str, Any], config: GroundingConfig | str | None, over
         if facts.grid_sides is None:
             raise ConfigError("layer_weights='by_resolution' needs the model's attention grid sides")
         sides = facts.grid_sides()
-        layer_weights = tuple(sides[path] / min(sides[p] for p in layers) for path in layers)
+        coarsest = min(sides[path] for path in layers)
+        layer_weights = tuple(sides[path] / coarsest for path in layers)
     resolved = config.with_overrides(inference_steps=steps, window_start=start, window_stop=stop,
                                      grid_coarsening=1, cross_attention_layers=tuple(layers), upsample_size=size,
                                      layer_weights=layer_weights)

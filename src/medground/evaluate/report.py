@@ -108,7 +108,7 @@ def compare_runs(run_dirs: Sequence[Path]) -> str:
             raise RunDirError(f"the records of {name} ({run_dir}) lack {missing}: written by another (older) "
                               "medground; evaluate again into a new folder to compare it")
     for name, records in runs[1:]:  # paired differences are only about the methods if the boxes are the same
-        differ = sorted(i for i in shared if records[i].get("truth") != runs[0][1][i].get("truth"))
+        differ = sorted(i for i in shared if records[i]["truth"] != runs[0][1][i]["truth"])
         if differ:
             raise RunDirError(f"{name} and {runs[0][0]} scored {len(differ)} shared sample(s) against different ground "
                               f"truth (class, image size or boxes), e.g. {differ[0]}; compare runs on one dataset")

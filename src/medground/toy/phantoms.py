@@ -14,7 +14,7 @@ from scipy import ndimage
 
 SIZE = 64
 TRAINING_SEEDS = range(0, 200_000)
-"""Seeds the toys' training may draw from (they used 0..32000); evaluation seeds stay outside."""
+"""Seeds the toys' training may draw from (both shipped toys used 0..63999); evaluation seeds stay outside."""
 VALIDATION_SEEDS = range(5_000_000, 5_000_200)
 """Seeds for choosing a toy model's checkpoint and read-out and for the position prior; never for evaluation."""
 FINDING_KINDS = ("opacity", "nodule", "effusion", "pneumothorax", "cardiomegaly")
