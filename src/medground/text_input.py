@@ -1,0 +1,177 @@
+"""Text that users hand to medground (reports, manifests, dataset and settings files): decoded strictly, bounded.
+
+Everything goes through ``open_text`` (a file, streamed) or ``read_text`` (a file or standard input, whole), so a
+byte-order mark is accepted everywhere, anything that is not UTF-8 is one error naming the source and the byte offset
+of the first bad byte, and a size limit is named when it is hit. ``loads_json`` refuses nesting deeper than a named
+limit before the parser could exhaust the stack, and ``clean_text`` makes invisible characters visible to no one:
+control and zero-width characters go, non-breaking spaces become spaces.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from medground.errors import MedgroundError
+
+MAX_JSON_DEPTH = 64
+"""Nesting a settings file, manifest line or ``model.json`` may use; medground's own files need at most 5."""
+STDIN = "-"
+
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u00ad\u200b-\u200d\u2060\ufeff]")
+"""Control characters (but tab, line feed, carriage return) and zero-width ones: they split words a reader then
+cannot match ("pneumo\u200bthorax"), and no report means them."""
+_WIDE_SPACES = re.compile("[\u00a0\u2007\u202f\u2000-\u200a\u3000]")
+"""Non-breaking and other fixed-width spaces, written by word processors before colons and between numbers."""
+
+
+def source_name(source: str | Path) -> str:
+    return "standard input" if str(source) == STDIN else str(source)
+
+
+def decode_error(name: str, data: bytes, error: type[MedgroundError], offset: int = 0) -> MedgroundError:
+    """The error for ``data`` (a part of ``name`` starting at byte ``offset``) that is not UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1].hex()
+        return error(f"{name} is not UTF-8 text: byte 0x{bad} at offset {offset + exc.start} ({exc.reason}); "
+                     "save it as UTF-8")
+    return error(f"{name} is not UTF-8 text; save it as UTF-8")
+
+
+def decode(data: bytes, name: str, error: type[MedgroundError]) -> str:
+    """UTF-8 with an optional byte-order mark."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise decode_error(name, data, error) from None
+
+
+def read_text(source: str | Path, what: str, error: type[MedgroundError], max_bytes: int,
+              limit_hint: str = "") -> str:
+    """The whole text of a file, or of standard input for ``-``, at most ``max_bytes`` bytes.
+
+    Args:
+        source: a path, or ``-`` for standard input.
+        what: what the text is, for messages ("report", "manifest").
+        error: the MedgroundError subclass to raise.
+        max_bytes: larger input is refused with this limit named.
+        limit_hint: how to raise the limit, appended to that message.
+    """
+    name = source_name(source)
+    if str(source) == STDIN:
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None or getattr(sys.stdin, "closed", False):
+            raise error(f"cannot read the {what} from standard input: it is closed")
+        try:
+            data = stream.read(max_bytes + 1)
+        except (OSError, ValueError) as exc:
+            raise error(f"cannot read the {what} from standard input: {exc}") from None
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise error(f"{what} file not found: {path}")
+        if path.is_dir():
+            raise error(f"{path} is a folder, not a {what} file")
+        try:
+            with path.open("rb") as handle:  # also FIFOs and /dev/stdin: not only regular files
+                data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise error(f"the {what} ({name}) is over the limit of {max_bytes:,} bytes{limit_hint}")
+    return decode(data, name, error)
+
+
+@contextlib.contextmanager
+def open_text(path: Path, what: str, error: type[MedgroundError]) -> Iterator[IO[str]]:
+    """A UTF-8 text stream of ``path`` (byte-order mark skipped, newlines as written, for ``csv``); a decoding
+    failure while it is read is ``error`` naming the file and the byte offset."""
+    path = Path(path)
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        with handle:
+            yield handle
+    except UnicodeDecodeError:
+        raise _first_bad_byte(path, error) from None
+
+
+def _first_bad_byte(path: Path, error: type[MedgroundError]) -> MedgroundError:
+    """Scan ``path`` again in binary to name the offset of its first byte that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            pending = decoder.getstate()[0]  # the start of a character cut by the previous block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                data = pending + block
+                return error(f"{path} is not UTF-8 text: byte 0x{data[exc.start : exc.start + 1].hex()} at offset "
+                             f"{offset - len(pending) + exc.start} ({exc.reason}); save it as UTF-8")
+            offset += len(block)
+    return error(f"{path} is not UTF-8 text; save it as UTF-8")
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` outside strings (a linear scan, no recursion)."""
+    depth = deepest = 0
+    inside = escaped = False
+    for char in text:
+        if inside:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                inside = False
+        elif char == '"':
+            inside = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads_json(text: str, where: str, error: type[MedgroundError], max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` with the nesting limit checked first, every failure ``error`` naming ``where``."""
+    if ("[" in text or "{" in text) and json_depth(text) > max_depth:
+        raise error(f"{where}: JSON nested deeper than the limit of {max_depth} levels")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise error(f"{where}: not JSON ({exc})") from None
+
+
+def clean_text(text: str) -> str:
+    """Control and zero-width characters removed, non-breaking spaces made plain spaces (see above)."""
+    return _INVISIBLE.sub("", _WIDE_SPACES.sub(" ", text))
+
+
+def env_limit(name: str, default: int, error: type[MedgroundError]) -> int:
+    """A size limit that the environment variable ``name`` may raise (a positive integer)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise error(f"{name}={raw!r} is not an integer") from None
+    if value < 1:
+        raise error(f"{name}={raw!r} must be a positive integer")
+    return value
