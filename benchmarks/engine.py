@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     eager = time_engine(engine_model, config, image, args, compile=False) if args.compile else engine
 
     window = config.window
-    engine_bytes = int(engine[4]["results"][0].timings["recorded_attention_bytes"])
+    engine_bytes = engine[4]["results"][0].recorded_attention_bytes
     ref_bytes = reference["stats"][0]["attention_bytes"] * 4
     pairs = [(r.model_heatmap, m) for r, m in zip(engine[4]["results"], reference["maps"])]
     diffs = [np.abs(e - r) for e, r in pairs]

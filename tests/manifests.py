@@ -9,16 +9,16 @@ import numpy as np
 from PIL import Image
 
 from medground.batch.work import BatchJob
-from medground.toy.phantoms import generate_phantom
+from medground.datasets.phantoms import generate_phantom
 
 FAST_TOY = {"inference_steps": 40, "window_start": 4, "window_stop": 16}
 """A shorter grid for the toy model: the same code paths in a fraction of the time."""
 
 
 def toy_job(**changes) -> BatchJob:
-    """The toy model on the short grid, 2 images per inversion batch, 32 x 32 float32 maps."""
-    options = {"model": "toy", "preset": "paper", "overrides": FAST_TOY, "device": "cpu", "precision": "fp32",
-               "text_encoder": None, "batch_size": 2, "compile": False, "map_side": 32, "map_dtype": "float32"}
+    """The toy model, 2 images per inversion batch, 32 x 32 float32 maps (run it with ``overrides=FAST_TOY``)."""
+    options = {"model": "toy", "device": "cpu", "precision": "fp32", "text_encoder": None, "batch_size": 2,
+               "compile": False, "map_side": 32, "map_dtype": "float32"}
     return BatchJob(**{**options, **changes})
 
 

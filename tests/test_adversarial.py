@@ -24,7 +24,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from medground import Grounder, load_model
-from medground.backbones.model_dir import KNOWN_MODELS
 from medground.cli import main
 from medground.datasets import load_dataset
 from medground.errors import (
@@ -38,6 +37,7 @@ from medground.errors import (
     WeightsNotFoundError,
 )
 from medground.images import read_image
+from medground.loading import KNOWN_MODELS
 
 NIH_MINI = Path(__file__).resolve().parent / "data" / "nih-mini"
 
@@ -61,7 +61,7 @@ def run_cli(argv: list, capsys) -> tuple[int, str, str]:
 
 
 def phantom_png(path: Path, seed: int = 5) -> Path:
-    from medground.toy.phantoms import generate_phantom
+    from medground.datasets.phantoms import generate_phantom
 
     Image.fromarray((generate_phantom(seed).image * 255).astype(np.uint8)).save(path)
     return path
@@ -99,7 +99,7 @@ def _ramp(dtype, high: int, shape=(48, 64)) -> np.ndarray:
 
 BAD_IMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "missing": (lambda f: f / "nope.png", "not found"),
-    "directory": (lambda f: f, "not found"),
+    "directory": (lambda f: f, "is a folder, not an image file"),
     "text-as-png": (lambda f: _write(f, "text.png", b"not an image"), "cannot read"),
     "empty-file": (lambda f: _write(f, "empty.png", b""), "cannot read"),
     "truncated-png": (_truncated_png, "cannot read"),

@@ -12,8 +12,8 @@ from PIL import Image
 from medground import Grounder
 from medground.app.session import MAX_TEXT_CHARS, Answer, Session, boxes_table, status_html
 from medground.cli import build_parser, main
+from medground.datasets.phantoms import generate_phantom
 from medground.engine.invert import unconditional_evaluations
-from medground.toy.phantoms import generate_phantom
 
 
 @pytest.fixture()
@@ -101,7 +101,7 @@ def test_serve_defaults_to_loopback_without_share():
 
 
 def test_serve_on_a_taken_port_is_one_line_before_the_model_loads(capsys, monkeypatch):
-    monkeypatch.setattr("medground.backbones.model_dir.load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr("medground.loading.load_model", lambda *a, **k: pytest.fail("model loaded"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

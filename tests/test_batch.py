@@ -37,7 +37,7 @@ def phantoms(tmp_path_factory):
 def uninterrupted(phantoms, tmp_path_factory):
     _, _, manifest = phantoms
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    summary = run_batch(Manifest.open(manifest), out, toy_job(), images_per_unit=3, progress=False)
+    summary = run_batch(Manifest.open(manifest), out, toy_job(), overrides=FAST_TOY, images_per_unit=3, progress=False)
     return out, summary
 
 
@@ -110,11 +110,11 @@ def test_batch_killed_mid_run_resumes_without_losing_or_repeating_a_row(phantoms
     script = (f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
               f"import torch; torch.set_num_threads({torch.get_num_threads()})  # the same sums as this process\n"
               "from pathlib import Path\n"
-              "from manifests import toy_job\n"
+              "from manifests import FAST_TOY, toy_job\n"
               "from medground.batch.manifest import Manifest\n"
               "from medground.batch.runner import run_batch\n"
-              f"run_batch(Manifest.open(Path({str(manifest)!r})), Path({str(out)!r}), toy_job(), images_per_unit=3, "
-              "part_rows=1, progress=False)\n")
+              f"run_batch(Manifest.open(Path({str(manifest)!r})), Path({str(out)!r}), toy_job(), overrides=FAST_TOY, "
+              "images_per_unit=3, part_rows=1, progress=False)\n")
     process = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 240
     while not list((out / "parts").glob("part-*.parquet")) and process.poll() is None and time.monotonic() < deadline:
@@ -125,8 +125,9 @@ def test_batch_killed_mid_run_resumes_without_losing_or_repeating_a_row(phantoms
     assert 1 <= len(before) < 3
     (out / "parts" / ".part-000000002.tmp").write_bytes(b"PAR1 torn by the kill")
     with pytest.raises(RunDirError, match="--resume"):
-        run_batch(Manifest.open(manifest), out, toy_job(), images_per_unit=3, progress=False)
-    summary = run_batch(Manifest.open(manifest), out, toy_job(), images_per_unit=3, resume=True, progress=False)
+        run_batch(Manifest.open(manifest), out, toy_job(), overrides=FAST_TOY, images_per_unit=3, progress=False)
+    summary = run_batch(Manifest.open(manifest), out, toy_job(), overrides=FAST_TOY,
+                        images_per_unit=3, resume=True, progress=False)
     assert summary.computed == summary.rows - sum(before.values())
     sessions = json.loads((out / "run.json").read_text())["sessions"]  # how each part was made, run by run
     assert [s["rows_before"] for s in sessions] == [0, sum(before.values())]
@@ -138,7 +139,8 @@ def test_batch_killed_mid_run_resumes_without_losing_or_repeating_a_row(phantoms
         assert {k: v for k, v in resumed[key].items() if not k.endswith("_s")} == \
             {k: v for k, v in row.items() if not k.endswith("_s")}
     with pytest.raises(RunDirError, match="settings differ"):
-        run_batch(Manifest.open(manifest), out, toy_job(map_side=16), images_per_unit=3, resume=True, progress=False)
+        run_batch(Manifest.open(manifest), out, toy_job(map_side=16), overrides=FAST_TOY,
+                  images_per_unit=3, resume=True, progress=False)
 
 
 def test_unreadable_parts_are_reported_not_deleted(tmp_path):

@@ -29,7 +29,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from medground import Grounder
-from medground.toy.phantoms import generate_phantom
+from medground.datasets.phantoms import generate_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("MEDGROUND_CHROMIUM", "/usr/bin/chromium"))

@@ -24,7 +24,7 @@ def test_ground_writes_heatmap_overlay_and_json(tiny_model_dir, odd_images, tmp_
         assert Image.open(out / f"{name}.png").size[0] > 100
         record = json.loads((out / f"{name}.json").read_text())
         assert record["config"]["window_start"] == 120 and record["config"]["inference_steps"] == 300
-        assert record["boxes"] and record["timings_s"]["unet_evaluations_unconditional"] == 179
+        assert record["boxes"] and record["unet_evaluations"]["unconditional"] == 179
     assert "top box" in capsys.readouterr().out
 
 

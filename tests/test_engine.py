@@ -96,7 +96,7 @@ def test_trajectory_cache_and_image_batching(tiny_model_dir, odd_images):
     again = grounder.ground(images[1], ["pleural effusion", "cardiomegaly"])  # cached: conditional passes only
     assert grounder.unet_evaluations["unconditional"] == 2 * (window_stop - 1)
     assert grounder.unet_evaluations["conditional"] == 2 * 12 + 2 * 12
-    assert again[0].timings["unet_evaluations_unconditional"] == 0
+    assert again[0].unet_evaluations["unconditional"] == 0
     for image, phrase, result in ((images[0], "cardiomegaly", batched[0][0]), (images[1], "pleural effusion",
                                                                                batched[1][0])):
         alone = Grounder(model, config).ground(image, [phrase])[0]

@@ -20,6 +20,8 @@ from medground.errors import RunDirError
 from medground.evaluate.report import compare_runs
 from medground.evaluate.runner import plan_groups, run_evaluation
 from medground.evaluate.store import RunWriter
+from medground.grounder import resolve_config
+from medground.loading import load_model
 from medground.methods import MethodOptions, make_method
 from medground.methods.priors import CentreMethod, UniformMethod
 
@@ -147,7 +149,9 @@ def test_resume_after_interruption_gives_the_same_records_and_summary(tmp_path):
     """With the LDM, whose maps depend at 1e-7 on what shares their batch: groups are fixed before the run, and a
     resumed group is recomputed whole, so the records and summary.json are identical to an uninterrupted run."""
     load = load_dataset("phantoms", seed=8_200_000, n=12)
-    options = MethodOptions(model="toy", overrides={"inference_steps": 40, "window_start": 4, "window_stop": 16})
+    model = load_model("toy")
+    options = MethodOptions(model=model, config=resolve_config(
+        model, "paper", {"inference_steps": 40, "window_start": 4, "window_stop": 16}))
     method = make_method("ldm", options)
     settings = {"method": "ldm"}
     whole = run_evaluation(load, method, RunWriter(tmp_path / "whole"), settings, images_per_group=3, progress=False)

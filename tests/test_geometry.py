@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medground.images import Geometry
+from medground.geometry import Geometry
 
 
 @pytest.mark.parametrize("width,height", [(301, 353), (417, 289), (1024, 1024), (2500, 2048)])

@@ -24,6 +24,8 @@ from medground.cluster import ClusterOptions
 from medground.datasets import load_dataset
 from medground.evaluate.runner import run_evaluation
 from medground.evaluate.store import RunWriter
+from medground.grounder import resolve_config
+from medground.loading import load_model
 from medground.methods import MethodOptions, make_method
 
 ray = pytest.importorskip("ray", reason="the Ray tests need the medground[ray] extra (make test installs it)")
@@ -57,7 +59,7 @@ def phantoms(tmp_path_factory):
 def local_rows(phantoms, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "out"
     with one_thread():
-        run_batch(Manifest.open(phantoms), out, toy_job(), images_per_unit=2, progress=False)
+        run_batch(Manifest.open(phantoms), out, toy_job(), overrides=FAST_TOY, images_per_unit=2, progress=False)
     return read_output(out)
 
 
@@ -74,7 +76,7 @@ def assert_same_rows(ray_rows: dict, local_rows: dict) -> None:
 
 
 def test_ray_batch_gives_the_local_rows(cluster, phantoms, local_rows, tmp_path):
-    summary = run_batch(Manifest.open(phantoms), tmp_path / "out", toy_job(), images_per_unit=2,
+    summary = run_batch(Manifest.open(phantoms), tmp_path / "out", toy_job(), overrides=FAST_TOY, images_per_unit=2,
                         cluster=TWO_CPU_ACTORS, progress=False)
     assert summary.computed == summary.rows == len(local_rows) and summary.errors == 0
     assert_same_rows(read_output(tmp_path / "out"), local_rows)
@@ -93,7 +95,8 @@ def test_ray_worker_killed_mid_run_is_retried(cluster, phantoms, local_rows, tmp
         killed.append(done.worker)
         os.kill(int(done.worker.rsplit(":", 1)[1]), signal.SIGKILL)
 
-    run_batch(Manifest.open(phantoms), tmp_path / "out", toy_job(), images_per_unit=2, cluster=TWO_CPU_ACTORS,
+    run_batch(Manifest.open(phantoms), tmp_path / "out", toy_job(), overrides=FAST_TOY,
+              images_per_unit=2, cluster=TWO_CPU_ACTORS,
               progress=False, on_unit=kill_first_worker)
     assert killed and len(after) == 9  # the kill came after the first of ten units
     assert len({*killed, *after}) >= 3  # the restarted actor (a new process) did units too
@@ -101,7 +104,8 @@ def test_ray_worker_killed_mid_run_is_retried(cluster, phantoms, local_rows, tmp
 
 
 def test_ray_eval_gives_the_local_records(cluster, tmp_path):
-    options = MethodOptions(model="toy", overrides=FAST_TOY)
+    model = load_model("toy")
+    options = MethodOptions(model=model, config=resolve_config(model, "paper", FAST_TOY))
     load = load_dataset("phantoms", seed=8_600_000, n=8)
     settings = {"method": "ldm"}
     with one_thread():

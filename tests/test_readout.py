@@ -15,12 +15,12 @@ from sklearn.mixture import GaussianMixture
 
 from medground import Grounder, load_model
 from medground.config import GroundingConfig, ModelFacts, grid_timesteps, parse_assignment, preset, resolve
+from medground.datasets.phantoms import generate_phantom
 from medground.engine.invert import position_noise
 from medground.errors import ConfigError
 from medground.readout.bbm import merge_biases
 from medground.readout.threshold import smooth_and_threshold
 from medground.text import phrase_tokens
-from medground.toy.phantoms import generate_phantom
 
 PAPER_FACTS = ModelFacts(1000, ("a.attn2", "b.attn2"), 64)
 
@@ -137,7 +137,8 @@ def test_layer_and_step_weights_weight_the_mean(tiny_model_dir, odd_images):
     phrase = "pleural effusion"
     result = grounder.ground(odd_images["portrait"], phrase)[0]
     # transcription: every (layer, step) map captured plainly on the same window latents, then the weighted mean
-    from medground.images import Geometry, read_image
+    from medground.geometry import Geometry
+    from medground.images import read_image
 
     pixels = read_image(odd_images["portrait"])
     window = grounder.window_latents([Geometry(pixels.shape[1], pixels.shape[0], 128).to_model(pixels)])
@@ -152,7 +153,8 @@ def test_layer_and_step_weights_weight_the_mean(tiny_model_dir, odd_images):
                                align_corners=False)[0, 0]
             total += layer_weight * step_weight * up
     expected = ((total - total.min()) / (total.max() - total.min())).numpy()
-    assert np.abs(result.model_heatmap - expected).max() <= 1e-5
+    # unnormalised maps summed in float32, then stretched by the final min-max: 1.13e-5 on an AVX2 CPU at 58d51cd
+    assert np.abs(result.model_heatmap - expected).max() <= 2e-5
 
 
 def test_layer_weights_by_resolution_follow_each_layers_grid_side(tiny_model_dir):

@@ -44,9 +44,9 @@ def test_paper_preset_matches_reference(tiny_model_dir, odd_images, engine_resul
 
 
 def test_engine_does_only_the_needed_unet_work(engine_results):
-    timings = engine_results["portrait"][0].timings
-    assert timings["unet_evaluations_unconditional"] == 179  # positions 0..178 reach the latent at 179
-    assert timings["unet_evaluations_conditional"] == 60 * len(PHRASES)  # one batch of phrases per window step
+    evaluations = engine_results["portrait"][0].unet_evaluations
+    assert evaluations["unconditional"] == 179  # positions 0..178 reach the latent at 179
+    assert evaluations["conditional"] == 60 * len(PHRASES)  # one batch of phrases per window step
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

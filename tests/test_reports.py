@@ -12,10 +12,11 @@ from PIL import Image
 
 from medground import Grounder
 from medground.cli import main
+from medground.datasets.phantoms import generate_phantom
 from medground.engine.invert import unconditional_evaluations
 from medground.errors import ReportError
+from medground.reports import ground_report
 from medground.reports.findings import read_mentions
-from medground.toy.phantoms import generate_phantom
 
 # (case, report, every finding mention in reading order as (text, status), the texts that are grounded)
 REPORTS = [
@@ -158,7 +159,7 @@ def test_ground_report_shares_one_inversion_and_skips_negated(toy_model, phantom
     grounder = Grounder(toy_model, "paper")
     report = ("FINDINGS: Small right pleural effusion. Left mid zone nodule. No pneumothorax.\n"
               "IMPRESSION: Small right pleural effusion.")
-    grounding = grounder.ground_report(phantom.image, report)
+    grounding = ground_report(grounder, phantom.image, report)
     assert [(f.number, f.text, f.status) for f in grounding.findings] == \
         [(1, "Small right pleural effusion", "positive"), (2, "Left mid zone nodule", "positive")]
     assert [(m.text, m.reason) for m in grounding.dropped] == [("pneumothorax", "negated")]
@@ -175,7 +176,7 @@ def test_ground_report_shares_one_inversion_and_skips_negated(toy_model, phantom
 
 def test_report_without_positive_finding_runs_no_inversion(toy_model, phantom):
     grounder = Grounder(toy_model, "paper")
-    grounding = grounder.ground_report(phantom.image, REPORTS[9][1])
+    grounding = ground_report(grounder, phantom.image, REPORTS[9][1])
     assert grounding.findings == [] and len(grounding.dropped) == 3
     assert grounder.unet_evaluations == {"unconditional": 0, "conditional": 0}
     assert grounding.message.startswith("no positive or uncertain finding was found in the report, so nothing "

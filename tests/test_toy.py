@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from medground import Grounder, load_model
-from medground.backbones.model_dir import KNOWN_MODELS
+from medground.datasets.phantoms import FINDING_KINDS, SIZE, VALIDATION_SEEDS, generate_phantom
+from medground.loading import KNOWN_MODELS
 from medground.toy.evaluate import evaluate_toy
-from medground.toy.phantoms import FINDING_KINDS, SIZE, VALIDATION_SEEDS, generate_phantom
 from medground.toy.train import train
 
 HELD_OUT_SEED = 9_100_000  # far from the training seeds (0..63999 for both shipped toys) and the validation range

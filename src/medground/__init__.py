@@ -7,18 +7,20 @@ The public names are loaded on first use, so importing the package (and ``medgro
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
 _PUBLIC = {
     "Backbone": "medground.backbones.base",
     "GroundingConfig": "medground.config",
     "Grounder": "medground.grounder",
-    "GroundingResult": "medground.grounder",
-    "load_model": "medground.backbones.model_dir",
+    "GroundingResult": "medground.results",
+    "load_model": "medground.loading",
     "preset": "medground.config",
 }
 __all__ = sorted(_PUBLIC)
-__version__ = "0.2.0"
+__version__ = importlib.metadata.version("medground")
+"""From the installed package's metadata: ``pyproject.toml`` is the one place the version is written."""
 
 
 def __getattr__(name: str) -> Any:

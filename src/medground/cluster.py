@@ -54,6 +54,18 @@ class ClusterOptions:
     """CPUs (and torch threads) per CPU actor."""
 
 
+def cluster_options(engine: str, address: str | None, workers: int | None, device: str,
+                    threads: int) -> ClusterOptions | None:
+    """None for the ``local`` engine (which takes no cluster flags), else where and how wide to run on Ray."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    if engine == "local":
+        if address or workers:
+            raise ConfigError("--address and --workers need --engine ray")
+        return None
+    return ClusterOptions(address=address, workers=workers, device=device, threads=threads)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -341,11 +341,26 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
+MAX_CONFIG_BYTES = 1_000_000
+"""A settings file is a few hundred bytes; a larger one is not a settings file."""
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Settings from a JSON file (an object of GroundingConfig fields, e.g. a run's recorded ``config``)."""
-    try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read settings from {path}: {exc}") from exc
+    from medground.text_input import loads_json, read_text
+
+    values = loads_json(read_text(path, "settings", ConfigError, MAX_CONFIG_BYTES), f"cannot read settings from "
+                        f"{path}: it", ConfigError)
     GroundingConfig.from_dict(values, str(path))  # the same validation as a preset's
+    return values
+
+
+def overrides_from(config_file: Path | None, assignments: Sequence[str] = ()) -> dict[str, Any]:
+    """The settings a user gives on top of a preset: ``config_file``'s, then each ``key=value`` assignment, checked
+    as a preset's would be."""
+    values: dict[str, Any] = dict(read_config_file(config_file)) if config_file is not None else {}
+    for text in assignments:
+        key, value = parse_assignment(text)
+        values[key] = value
+    GroundingConfig.from_dict(values, "--set/--config")
     return values

@@ -7,27 +7,27 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from medground.backbones.base import Backbone
 from medground.config import PRECISIONS, GroundingConfig, ModelFacts, resolve
+from medground.engine.batching import DEFAULT_BATCH_SIZE
 from medground.engine.invert import WindowLatents, unconditional_evaluations, window_latents
 from medground.engine.record import record_attention
 from medground.errors import ConfigError, ModelOutputError, PhraseError
-from medground.images import Geometry, ImageInput, PreparedImage, prepare_image
-from medground.readout.aggregate import average_attention_maps, upsample
+from medground.geometry import Geometry, PreparedImage, prepare_image
+from medground.images import ImageInput
+from medground.readout.aggregate import average_attention_maps
 from medground.readout.bbm import merge_biases
-from medground.readout.boxes import GroundedBox, boxes_from_mask
+from medground.readout.boxes import boxes_from_mask
+from medground.readout.maps import resize_square
 from medground.readout.threshold import smooth_and_threshold
+from medground.results import GroundingResult
 from medground.text import phrase_tokens
-
-if TYPE_CHECKING:
-    from medground.reports.grounding import ReportGrounding
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """Precisions (``config.PRECISIONS``): ``fp32`` is strict IEEE float32 (TF32 off on CUDA: PyTorch lets cuDNN
@@ -36,32 +36,22 @@ convolutions use TF32 by default, and over the paper's 180 inversion steps that 
 ``bf16`` / ``fp16`` run the networks under autocast."""
 
 
-@dataclass
-class GroundingResult:
-    """Where one phrase sits in one image."""
-
-    phrase: str
-    heatmap: np.ndarray
-    """float32 (H, W) in original pixels, NaN where the centre crop discarded the image."""
-    mask: np.ndarray
-    """bool (H, W): the thresholded foreground."""
-    boxes: list[GroundedBox]
-    config: GroundingConfig
-    model_heatmap: np.ndarray
-    """float32 (S, S): the final map in the model's square input."""
-    flat: bool = False
-    """The attention did not vary over the image: the map is all zeros and says nothing about where the phrase is."""
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "phrase": self.phrase,
-            "image_size": {"width": int(self.heatmap.shape[1]), "height": int(self.heatmap.shape[0])},
-            "boxes": [box.to_dict() for box in self.boxes],
-            "flat": self.flat,
-            "timings_s": self.timings,
-            "config": self.config.to_dict(),
-        }
+def resolve_config(model: Backbone, config: GroundingConfig | str | None = None,
+                   overrides: dict[str, Any] | None = None) -> GroundingConfig:
+    """A preset (or config) and overrides resolved against ``model`` once: its family's and its directory's defaults
+    fill what they leave open, and every setting is checked against the model (layers, grid, window, prompt length)
+    before any UNet work. A resolved config resolves to itself, so runs pass the result on, never a preset name."""
+    if overrides is not None and (not isinstance(overrides, dict) or
+                                  not all(isinstance(key, str) for key in overrides)):
+        raise ConfigError(f"overrides must be a dict of setting names to values, got {overrides!r}")
+    facts = ModelFacts(model.noise_schedule.num_train_timesteps, tuple(model.attention_layers()),
+                       model.latent_side, model.attention_grid_sides)
+    resolved = resolve(model.grounding_defaults(), config, overrides, facts)
+    prompt_tokens = len(model.tokenizer(resolved.unconditional_prompt, truncation=False)["input_ids"])
+    if prompt_tokens > model.tokenizer.model_max_length:
+        raise ConfigError(f"unconditional_prompt has {prompt_tokens} tokens, but the text encoder takes at most "
+                          f"{model.tokenizer.model_max_length}")
+    return resolved
 
 
 class Grounder:
@@ -73,33 +63,38 @@ class Grounder:
 
     The unconditional trajectory inside the window is cached per image (content hash + model + the
     settings that shape it), so a later query on the same image runs only the conditional passes.
-    ``precision``: ``fp32`` (default, exact), or on CUDA the faster ``tf32``, ``bf16``, ``fp16`` (see PRECISIONS).
-    ``batch_size``: images per inversion batch, and UNet batch elements per conditional pass (several window steps
-    share a pass when the phrases leave room). ``compile``: run the unconditional trajectory through a compiled UNet
-    (``Backbone.compiled``; the first batch of each shape pays the compile time).
+
+    Args:
+        model: a loaded model, or a name, folder or hub id (then loaded on the CPU, as ``load_model`` does).
+        config: a preset name (default ``paper``) or a GroundingConfig (a resolved one, e.g. a run's recorded
+            ``config``, resolves to itself).
+        overrides: settings that win over the preset and the model's defaults, e.g. ``{"threshold": "gmm"}``.
+        progress: show a progress bar over the inversion steps.
+        batch_size: images per inversion batch, and UNet batch elements per conditional pass (several window
+            steps share a pass when the phrases leave room).
+        precision: ``fp32`` (default, exact), or on CUDA the faster ``tf32``, ``bf16``, ``fp16`` (``AUTOCAST``).
+        cache_size: image trajectories kept for later queries (0: none).
+        compile: run the unconditional trajectory through a compiled UNet (``Backbone.compiled``; the first batch
+            of each shape pays the compile time).
     """
 
     def __init__(self, model: Backbone | str | Path, config: GroundingConfig | str | None = None,
-                 overrides: dict[str, Any] | None = None, progress: bool = False, batch_size: int = 8,
-                 precision: str = "fp32", cache_size: int = 64, compile: bool = False) -> None:
+                 overrides: dict[str, Any] | None = None, progress: bool = False,
+                 batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32", cache_size: int = 64,
+                 compile: bool = False) -> None:
         if not isinstance(model, Backbone):  # a name, folder or hub id: loaded on the CPU, as load_model does
-            from medground.backbones.model_dir import load_model
+            from medground.loading import load_model
 
             model = load_model(model)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         if precision != "fp32" and model.device.type != "cuda":
             raise ConfigError(f"precision {precision!r} needs a CUDA device; the model is on {model.device}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        for name, value, least in (("batch_size", batch_size, 1), ("cache_size", cache_size, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
         self.model = model
-        facts = ModelFacts(model.noise_schedule.num_train_timesteps, tuple(model.attention_layers()),
-                           model.latent_side, model.attention_grid_sides)
-        self.config = resolve(model.grounding_defaults(), config, overrides, facts)
-        prompt_tokens = len(model.tokenizer(self.config.unconditional_prompt, truncation=False)["input_ids"])
-        if prompt_tokens > model.tokenizer.model_max_length:
-            raise ConfigError(f"unconditional_prompt has {prompt_tokens} tokens, but the text encoder takes at most "
-                              f"{model.tokenizer.model_max_length}")
+        self.config = resolve_config(model, config, overrides)
         self.progress = progress
         self.batch_size = batch_size
         self.precision = precision
@@ -112,13 +107,6 @@ class Grounder:
     def ground(self, image: ImageInput, phrases: str | Sequence[str]) -> list[GroundingResult]:
         """All phrases of one image share one inversion; their conditional passes run as one batch."""
         return self.ground_many([(image, _phrase_list(phrases))])[0]
-
-    def ground_report(self, image: ImageInput, report: str) -> ReportGrounding:
-        """Every positive or uncertain finding of a radiology report, sharing one inversion; negated, hypothetical
-        and historical mentions are returned as not grounded (``medground.reports``; needs ``medground[reports]``)."""
-        from medground.reports.grounding import ground_report
-
-        return ground_report(self, image, report)
 
     def ground_many(self, items: Sequence[tuple[ImageInput | PreparedImage, Sequence[str]]]
                     ) -> list[list[GroundingResult]]:
@@ -145,13 +133,13 @@ class Grounder:
         if not np.isfinite(maps).all():
             raise ModelOutputError(f"model {self.model.name!r} produced NaN or infinite attention; its weights or "
                                    "inputs are broken (no map is returned rather than a blank one)")
-        timings = {"inversion": inverted - started, "conditional": recorded_at - inverted,
-                   "recorded_attention_bytes": float(recorded.peak_bytes)}
-        timings.update({f"unet_evaluations_{kind}": float(self.unet_evaluations[kind] - counts_before[kind])
-                        for kind in counts_before})
+        timings = {"inversion": inverted - started, "conditional": recorded_at - inverted}
+        evaluations = {kind: self.unet_evaluations[kind] - counts_before[kind] for kind in counts_before}
         results: list[list[GroundingResult]] = [[] for _ in items]
         for row, (image_number, phrase) in enumerate(zip(image_index, flat_tokens)):
-            results[image_number].append(self._finish(phrase.phrase, maps[row], geometries[image_number], timings))
+            result = self._finish(phrase.phrase, maps[row], geometries[image_number], timings)
+            result.unet_evaluations, result.recorded_attention_bytes = dict(evaluations), recorded.peak_bytes
+            results[image_number].append(result)
         return results
 
     def _activation(self, recorded) -> torch.Tensor:
@@ -166,7 +154,7 @@ class Grounder:
         activation = average_attention_maps(recorded.per_layer, recorded.total_weight, latent, config.upsample_mode,
                                             weights)
         merged = merge_biases(activation, recorded.image_bias, recorded.text_bias)
-        return merged if side == latent else upsample(merged, side, "bilinear")
+        return merged if side == latent else resize_square(merged, side, "bilinear")
 
     def is_cached(self, image: ImageInput | PreparedImage) -> bool:
         """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
@@ -229,8 +217,8 @@ class Grounder:
         started = time.perf_counter()
         model_map, model_mask = smooth_and_threshold(attention, self.config.gaussian_sigma, self.config.threshold)
         if model_map.shape[0] != geometry.size:
-            model_map = _resize_square(model_map, geometry.size, "bilinear")
-            model_mask = _resize_square(model_mask.astype(np.float32), geometry.size, "nearest") > 0.5
+            model_map = _resized(model_map, geometry.size, "bilinear")
+            model_mask = _resized(model_mask.astype(np.float32), geometry.size, "nearest") > 0.5
         heatmap = geometry.to_original(model_map.astype(np.float32), self.config.back_projection)
         mask = geometry.to_original(model_mask.astype(np.float32), self.config.back_projection) > 0.5
         return GroundingResult(phrase=phrase, heatmap=heatmap, mask=mask, boxes=boxes_from_mask(mask, heatmap),
@@ -247,8 +235,6 @@ def _phrase_list(phrases: str | Sequence[str]) -> list[str]:
     return list(phrases)
 
 
-def _resize_square(values: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """Resize a square map computed at ``upsample_size`` to the model's input size."""
-    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
-    options = {"align_corners": False} if mode == "bilinear" else {}
-    return torch.nn.functional.interpolate(tensor, size=(size, size), mode=mode, **options)[0, 0].numpy()
+def _resized(values: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """A square map computed at ``upsample_size`` resized to the model's input size."""
+    return resize_square(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None], size, mode)[0].numpy()

@@ -1,36 +1,32 @@
-"""Reading radiographs and the one geometry that maps between original pixels and the model's square.
+"""Reading radiographs (PNG, JPEG, TIFF, DICOM, PIL images, arrays) as float32 grayscale in [0, 1].
 
-The forward path is the official preprocessing: shorter side resized to the model size (bilinear,
-align_corners False, no antialiasing, long side = int(size * long / short)), then a centre crop whose
-start is ``resized // 2 - size // 2``. The backward path projects a model-space map to original pixels,
-either as the official code does (nearest resize to the short side, symmetric NaN pad) or exactly.
+Every way in is bounded the same way: PIL's decompression-bomb limit (about 89 million pixels) applies to DICOM too,
+checked from the header before any pixel is decoded, and ``MEDGROUND_MAX_IMAGE_PIXELS`` raises it for both. EXIF
+orientation is applied, so a photo of a film taken on its side reads upright, as every viewer shows it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
+import stat
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medground.errors import BoxError, ImageError
+from medground.errors import ImageError
 
 MIN_IMAGE_SIDE = 32
 """Smaller images carry no usable anatomy once resized to the model's input."""
 MAX_PIXELS_ENV = "MEDGROUND_MAX_IMAGE_PIXELS"
-"""Raise PIL's decompression-bomb limit (about 89 million pixels) for images you trust."""
+"""Raise the pixel limit (PIL's decompression-bomb limit, about 89 million pixels) for images you trust."""
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+"""EXIF orientations that swap width and height."""
 
 ImageInput = str | Path | Image.Image | np.ndarray
-Box = tuple[float, float, float, float]
 
 
 def read_image(image: ImageInput) -> np.ndarray:
@@ -40,14 +36,17 @@ def read_image(image: ImageInput) -> np.ndarray:
     (/ 4095: 12-bit radiographs are often stored in 16-bit PNGs and would otherwise come out 16 times too dark);
     32-bit integers only when their values fit 16 bits (then as 16-bit); floats only in [0, 1]; DICOM (MONOCHROME1 or
     2) through its modality LUT, then its VOI LUT or window, then min-max. Images without contrast, with several
-    frames or with transparency are refused.
+    frames or with transparency are refused. EXIF orientation is applied to files and PIL images.
     """
     if isinstance(image, (str, Path)):
         pixels = _read_path(Path(image))
         name = str(image)
     elif isinstance(image, Image.Image):
-        pixels = _pil_to_unit(image, "the PIL image")
         name = "the PIL image"
+        try:
+            pixels = _pil_to_unit(ImageOps.exif_transpose(image), name)
+        except (ValueError, OSError) as exc:  # a closed image, or one whose lazy data cannot be read any more
+            raise ImageError(f"cannot read {name}: {exc}") from None
     elif isinstance(image, np.ndarray):
         pixels = _array_to_unit(image, "the array")
         name = "the array"
@@ -61,16 +60,24 @@ def read_image(image: ImageInput) -> np.ndarray:
     return pixels
 
 
+def max_image_pixels() -> int:
+    """The pixel limit: ``MEDGROUND_MAX_IMAGE_PIXELS`` if set, else PIL's own."""
+    from medground.text_input import env_limit
+
+    return env_limit(MAX_PIXELS_ENV, Image.MAX_IMAGE_PIXELS or 2**62, ImageError)
+
+
+def _too_large(path: Path, pixels: int, limit: int) -> ImageError:
+    return ImageError(f"{path}: {pixels:,} pixels is over the limit of {limit:,} (a decompression bomb, or an image "
+                      f"far larger than a radiograph). If you trust this file, raise the limit: set {MAX_PIXELS_ENV} "
+                      "to a larger pixel count")
+
+
 @contextlib.contextmanager
 def _pil_limits(path: Path) -> Iterator[None]:
     """PIL's decompression-bomb warning and error both become an ImageError that says how to lift the limit."""
-    limit = os.environ.get(MAX_PIXELS_ENV)
     saved = Image.MAX_IMAGE_PIXELS
-    try:
-        if limit:
-            Image.MAX_IMAGE_PIXELS = int(limit)
-    except ValueError:
-        raise ImageError(f"{MAX_PIXELS_ENV}={limit!r} is not an integer") from None
+    Image.MAX_IMAGE_PIXELS = max_image_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -89,22 +96,48 @@ def check_image_file(path: Path) -> None:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header; ImageError if it is missing or not a readable image."""
-    if not path.is_file():
-        raise ImageError(f"image file not found: {path}")
+    """(width, height) as ``read_image`` will return it (EXIF orientation applied), from the file's header;
+    ImageError if it is missing, not a regular file, over the pixel limit or not a readable image."""
+    _check_regular_file(path)
     if _is_dicom(path):
-        import pydicom
-
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-            return int(header.Columns), int(header.Rows)
-        except Exception as exc:  # pydicom raises many kinds for broken files
-            raise ImageError(f"cannot read {path} as DICOM: {exc}") from exc
+        header = _dicom_header(path)
+        return int(header.Columns), int(header.Rows)
     try:
         with _pil_limits(path), Image.open(path) as opened:
-            return opened.size
+            width, height = opened.size
+            if opened.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+                return height, width
+            return width, height
     except (UnidentifiedImageError, OSError) as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _check_regular_file(path: Path) -> None:
+    """Missing, a folder, a device or a pipe: each said as it is (a pipe cannot be read twice, header then pixels)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ImageError(f"image file not found: {path}") from None
+    except OSError as exc:  # a name too long, a loop of links, no permission on a parent folder
+        raise ImageError(f"cannot open image {str(path)[:200]}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+        raise ImageError(f"{path} is {kind}, not an image file; save the image to a file first")
+
+
+def _dicom_header(path: Path):
+    """The DICOM header (no pixel data), refused when its pixel count is over the limit."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        pixels = int(header.Rows) * int(header.Columns) * int(getattr(header, "NumberOfFrames", 1) or 1)
+    except Exception as exc:  # pydicom raises many kinds for broken files
+        raise ImageError(f"cannot read {path} as DICOM: {exc}") from exc
+    limit = max_image_pixels()
+    if pixels > limit:
+        raise _too_large(path, pixels, limit)
+    return header
 
 
 def _read_path(path: Path) -> np.ndarray:
@@ -116,7 +149,7 @@ def _read_path(path: Path) -> np.ndarray:
             if getattr(opened, "n_frames", 1) > 1:
                 raise ImageError(f"{path} holds {opened.n_frames} frames; a single 2-D image is expected")
             opened.load()
-            return _pil_to_unit(opened, str(path))
+            return _pil_to_unit(ImageOps.exif_transpose(opened), str(path))
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -143,6 +176,7 @@ def _read_dicom(path: Path) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _dicom_header(path)  # the pixel limit, before any pixel is decoded
     try:
         dataset = pydicom.dcmread(path)
         photometric = getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")
@@ -191,6 +225,8 @@ def _array_to_unit(array: np.ndarray, name: str) -> np.ndarray:
         array = array[..., 0]
     if array.ndim != 2:
         raise ImageError(f"{name}: expected a 2-D grayscale array, got shape {array.shape}")
+    if array.size == 0:
+        raise ImageError(f"{name} is empty (shape {array.shape})")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if np.issubdtype(array.dtype, np.integer):
@@ -208,117 +244,3 @@ def _array_to_unit(array: np.ndarray, name: str) -> np.ndarray:
                              "[0, 1]; divide 8-bit data by 255 (or pass it as uint8) and rescale other ranges first")
         return np.clip(array.astype(np.float32), 0.0, 1.0)
     raise ImageError(f"{name}: unsupported pixel type {array.dtype}; use uint8, uint16 or float in [0, 1]")
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Maps between an original W x H image and the model's ``size`` x ``size`` input."""
-
-    width: int
-    height: int
-    size: int
-
-    @property
-    def resized(self) -> tuple[int, int]:
-        """(height, width) after resizing the shorter side to ``size`` (torchvision's rule)."""
-        short, long = sorted((self.width, self.height))
-        long_resized = int(self.size * long / short)
-        if self.width <= self.height:
-            return long_resized, self.size
-        return self.size, long_resized
-
-    @property
-    def crop_offset(self) -> tuple[int, int]:
-        """(top, left) of the centre crop in resized pixels (MONAI CenterSpatialCrop)."""
-        rh, rw = self.resized
-        return rh // 2 - self.size // 2, rw // 2 - self.size // 2
-
-    def to_model(self, pixels: np.ndarray) -> torch.Tensor:
-        """Original (H, W) image in [0, 1] -> model input tensor of shape (1, 1, size, size)."""
-        if pixels.shape != (self.height, self.width):
-            raise ImageError(f"image is {pixels.shape[::-1]} but this geometry is for {self.width}x{self.height}")
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
-        resized = F.interpolate(tensor, size=self.resized, mode="bilinear", align_corners=False, antialias=False)
-        top, left = self.crop_offset
-        return resized[..., top : top + self.size, left : left + self.size].contiguous()
-
-    def box_to_model(self, box: Box) -> Box:
-        """An (x, y, w, h) box in original pixels -> the same box in model pixels (may leave the crop)."""
-        rh, rw = self.resized
-        sx, sy = rw / self.width, rh / self.height
-        top, left = self.crop_offset
-        x, y, w, h = box
-        return (x * sx - left, y * sy - top, w * sx, h * sy)
-
-    def box_in_crop(self, box: Box) -> bool:
-        """Whether any part of an original-pixel box survives the centre crop."""
-        x, y, w, h = self.box_to_model(box)
-        return x < self.size and y < self.size and x + w > 0 and y + h > 0
-
-    def to_original(self, heatmap: np.ndarray, mode: Literal["paper", "exact"] = "paper") -> np.ndarray:
-        """A (size, size) map -> (H, W) float32 map, NaN where the crop discarded the image."""
-        if heatmap.shape != (self.size, self.size):
-            raise ValueError(f"heatmap is {heatmap.shape}, expected ({self.size}, {self.size})")
-        if mode == "paper":
-            return self._to_original_paper(heatmap)
-        if mode == "exact":
-            return self._to_original_exact(heatmap)
-        raise ValueError(f"mode must be 'paper' or 'exact', got {mode!r}")
-
-    def _to_original_paper(self, heatmap: np.ndarray) -> np.ndarray:
-        side = min(self.width, self.height)
-        tensor = torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))[None, None]
-        square = F.interpolate(tensor, size=(side, side), mode="nearest")
-        margin_w, margin_h = self.width - side, self.height - side
-        pads = (margin_w // 2, math.ceil(margin_w / 2), margin_h // 2, math.ceil(margin_h / 2))
-        return F.pad(square, pads, value=float("nan"))[0, 0].numpy()
-
-    def _to_original_exact(self, heatmap: np.ndarray) -> np.ndarray:
-        rh, rw = self.resized
-        top, left = self.crop_offset
-        rows = np.floor((np.arange(self.height) + 0.5) * rh / self.height).astype(np.int64) - top
-        cols = np.floor((np.arange(self.width) + 0.5) * rw / self.width).astype(np.int64) - left
-        out = np.full((self.height, self.width), np.nan, dtype=np.float32)
-        row_ok = (rows >= 0) & (rows < self.size)
-        col_ok = (cols >= 0) & (cols < self.size)
-        out[np.ix_(row_ok, col_ok)] = heatmap[np.ix_(rows[row_ok], cols[col_ok])]
-        return out
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An image read and mapped to the model's input: all the Grounder needs of it. Preparing is the CPU part of a
-    query (decoding PNG/DICOM, resizing), so batch runs do it ahead on loader workers while the device computes."""
-
-    geometry: Geometry
-    model_input: torch.Tensor
-    """(1, 1, size, size) float32 in [0, 1]."""
-
-    def pin_memory(self) -> PreparedImage:
-        return PreparedImage(self.geometry, self.model_input.pin_memory())
-
-
-def prepare_image(image: ImageInput | PreparedImage, size: int) -> PreparedImage:
-    """Read ``image`` (unless already prepared) and map it to a ``size`` x ``size`` model input."""
-    if isinstance(image, PreparedImage):
-        if image.geometry.size != size:
-            raise ImageError(f"image was prepared for a {image.geometry.size}-pixel model, this one takes {size}")
-        return image
-    pixels = read_image(image)
-    geometry = Geometry(width=pixels.shape[1], height=pixels.shape[0], size=size)
-    return PreparedImage(geometry, geometry.to_model(pixels))
-
-
-def box_pixel_slices(box: Box, height: int, width: int) -> tuple[slice, slice]:
-    """Rows and columns covered by an (x, y, w, h) box: [y, y + h) rounded half up, clipped to the image.
-
-    Integer boxes (MS-CXR) cover exactly ``[y:y+h, x:x+w]``, as in the official metrics.
-    """
-    x, y, w, h = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise BoxError(f"box {box} must have finite coordinates and positive width and height")
-    x0, x1 = max(math.floor(x + 0.5), 0), min(math.floor(x + w + 0.5), width)
-    y0, y1 = max(math.floor(y + 0.5), 0), min(math.floor(y + h + 0.5), height)
-    if x0 >= x1 or y0 >= y1:
-        raise BoxError(f"box {box} (x, y, w, h) lies outside the {width}x{height} image")
-    return slice(y0, y1), slice(x0, x1)

@@ -13,7 +13,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from medground.errors import BoxError
-from medground.images import Box, box_pixel_slices
+from medground.geometry import box_pixel_slices
+from medground.results import Box
 
 DEFAULT_IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 

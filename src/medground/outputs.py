@@ -1,24 +1,67 @@
-"""Names of output files that never collide (a readable slug plus a hash of exactly what was grounded), and the
-refusal to write through symbolic links that every writer shares."""
+"""Every file medground writes goes through here: names, folders, the writer's lock, atomic writes, resume checks,
+and the files of one grounding (heatmap ``.npy``, overlay ``.png``, record ``.json``).
+
+Guarantees, for every command:
+- a name is a readable slug plus a hash of exactly what was grounded (image, phrase or report, model, effective
+  settings), cut to fit a file system's 255 bytes with its suffix, so two different things never share a name and
+  a rerun of the same thing rewrites the same files;
+- a file is written under a temporary name and renamed: it is whole or absent. On a full disk the temporary file is
+  removed and the error names the folder and its free space;
+- nothing is written or read through a symbolic link, and a second writer of a run folder fails at once (``.lock``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import json
+import os
 import re
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from medground.errors import RunDirError
 
+if TYPE_CHECKING:
+    from medground.config import GroundingConfig
+    from medground.results import GroundingResult, ReportGrounding
 
-def output_name(image: str | Path, phrase: str, settings: str = "") -> str:
-    """``{image stem}_{phrase slug}_{8 hex}``: the hash covers the image's full path, the exact phrase and the
-    ``settings`` (model and effective config), so two different phrases, images or recipes never share a name,
-    whatever the slug keeps of them; a rerun of the same thing rewrites the same files."""
+LOCK_FILE = ".lock"
+MAX_NAME_BYTES = 255
+"""The longest file name common file systems take (ext4, APFS, NTFS), suffix included."""
+NAME_ROOM = 200
+"""Bytes a base name may use, leaving room for a suffix and the temporary-name decoration."""
+SUFFIXES = (".npy", ".png", ".json")
+"""The files of one grounding."""
+
+
+# --- names ----------------------------------------------------------------------------------------------------------
+def output_name(image: str | Path, what: str, settings: str = "") -> str:
+    """``{image stem}_{slug of what}_{8 hex}``: the hash covers the image's full path, the exact text of ``what``
+    (a phrase, or a report) and ``settings`` (model and effective config), so two different phrases, images or
+    recipes never share a name, whatever the slug keeps of them."""
     image_text = str(Path(image).resolve()) if isinstance(image, Path) else str(image)
-    slug = re.sub(r"[^a-z0-9]+", "-", phrase.lower()).strip("-")[:40].strip("-") or "phrase"
+    slug = re.sub(r"[^a-z0-9]+", "-", what.lower()).strip("-")[:40].strip("-") or "phrase"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image_text).stem)[:40] or "image"
-    digest = hashlib.sha1(f"{image_text}\n{phrase}\n{settings}".encode()).hexdigest()[:8]
-    return f"{stem}_{slug}_{digest}"
+    digest = hashlib.sha1(f"{image_text}\n{what}\n{settings}".encode(errors="surrogatepass")).hexdigest()[:8]
+    return fit_name(f"{stem}_{slug}", f"_{digest}")
+
+
+def fit_name(readable: str, tail: str = "", room: int = NAME_ROOM) -> str:
+    """``readable + tail`` in at most ``room`` bytes of UTF-8: the readable part is cut, never the tail (a hash)."""
+    budget = room - len(tail.encode())
+    cut = readable.encode()[:budget].decode(errors="ignore")
+    return cut + tail
+
+
+def grounding_settings(model: str | Path, config: GroundingConfig) -> str:
+    """What output names hash besides the image and the phrase: the model as given and the effective config."""
+    return json.dumps({"model": str(model), "config": config.to_dict()}, sort_keys=True)
 
 
 def refuse_link(path: Path) -> Path:
@@ -29,5 +72,147 @@ def refuse_link(path: Path) -> Path:
 
 
 def output_path(folder: Path, name: str) -> Path:
-    """``folder / name``, refusing a symbolic link."""
+    """``folder / name``, refusing a symbolic link and a name over the file system's limit."""
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise RunDirError(f"file name of {len(name.encode())} bytes is over the limit of {MAX_NAME_BYTES}: "
+                          f"{name[:60]}...")
     return refuse_link(Path(folder) / name)
+
+
+# --- folders and atomic writes --------------------------------------------------------------------------------------
+def check_writable_folder(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove it can be written, before any expensive work."""
+    folder = Path(folder)
+    try:
+        refuse_link(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".medground-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def free_space(folder: Path) -> str:
+    """The free space of the file system holding ``folder``, for error messages."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:,.1f} MB free"
+    except OSError:
+        return "free space unknown"
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Replace ``path`` in one step: a crash leaves the old file or the new one, a full disk leaves neither a partial
+    file nor the temporary one."""
+    output_path(path.parent, path.name)
+    temporary = path.with_name(f".{path.name[:MAX_NAME_BYTES - 30]}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path.name} in {path.parent}: {exc.strerror or exc} "
+                          f"({free_space(path.parent)})") from None
+    return path
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def json_bytes(document: Any) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def read_json_settings(path: Path, what: str) -> dict[str, Any]:
+    """A run's settings file: a JSON object, or a RunDirError naming the file."""
+    from medground.text_input import loads_json
+
+    try:
+        text = refuse_link(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not readable: {exc}") from None
+    settings = loads_json(text, str(path), RunDirError)
+    if not isinstance(settings, dict):
+        raise RunDirError(f"{path} does not describe {what}")
+    return settings
+
+
+def check_resumable(folder: Path, previous: dict[str, Any], current: dict[str, Any]) -> None:
+    """A run resumes only with the settings it started with; the error lists what differs."""
+    changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
+        raise RunDirError(f"cannot resume {folder}: its settings differ ({details})")
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/.lock`` for the block (the OS releases it if the process dies), so that a
+    second writer of the same folder fails at once instead of writing everything twice."""
+    lock_path = refuse_link(Path(folder) / LOCK_FILE)
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the block)
+    except OSError as exc:
+        raise RunDirError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock on this platform: a second writer cannot be detected
+            pass
+        except OSError:
+            raise RunDirError(f"another medground run is writing to {folder} (it holds {lock_path}); wait for it "
+                              "or choose another --out") from None
+        yield
+
+
+# --- the files of one grounding -------------------------------------------------------------------------------------
+class GroundingFiles:
+    """The files of groundings of one image in ``folder``, named by (image, phrase or report, ``settings``)."""
+
+    def __init__(self, folder: Path, image_name: str | Path, settings: str) -> None:
+        self.folder = Path(folder)
+        self.image_name = image_name
+        self.settings = settings
+
+    def name(self, what: str) -> str:
+        return output_name(self.image_name, what, self.settings)
+
+    def phrase(self, pixels: np.ndarray, result: GroundingResult, record: dict[str, Any],
+               truth: Sequence[tuple[float, float, float, float]] = ()) -> Path:
+        """One phrase: heatmap (original pixels, NaN outside the crop), overlay, and ``record`` + the result as JSON;
+        returns the common base path (without suffix)."""
+        from medground.viz import overlay_png
+
+        base = self.folder / self.name(result.phrase)
+        write_atomic(base.with_name(base.name + ".npy"), npy_bytes(result.heatmap))
+        write_atomic(base.with_name(base.name + ".png"),
+                     overlay_png(pixels, result.heatmap, result.phrase, result.boxes, truth))
+        write_atomic(base.with_name(base.name + ".json"), json_bytes({**record, **result.to_json()}))
+        return base
+
+    def report(self, pixels: np.ndarray, grounding: ReportGrounding, record: dict[str, Any]) -> list[Path]:
+        """A report (or several phrases shown together): one heatmap per finding, one overlay of all findings (one
+        colour each, legend), one JSON of everything with ``record`` first. Returns [json, png, npy...]."""
+        from medground.viz import findings_png
+
+        what = grounding.report if grounding.report is not None else "\n".join(f.text for f in grounding.findings)
+        kind = "report" if grounding.report is not None else "phrases"
+        base = self.name(f"{kind}\n{what}")
+        document = {**record, **grounding.to_json()}
+        heatmaps = []
+        for finding, row in zip(grounding.findings, document["findings"]):
+            path = write_atomic(self.folder / f"{self.name(finding.text)}.npy", npy_bytes(finding.result.heatmap))
+            row["heatmap_file"] = path.name
+            heatmaps.append(path)
+        overlay = [write_atomic(self.folder / f"{base}.png", findings_png(pixels, grounding.findings))] \
+            if grounding.findings else []
+        return [write_atomic(self.folder / f"{base}.json", json_bytes(document)), *overlay, *heatmaps]

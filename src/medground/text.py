@@ -68,6 +68,11 @@ def phrase_tokens(tokenizer, phrase: str, rule: str = "between_special") -> Phra
     return PhraseTokens(phrase=phrase, input_ids=ids, positions=positions)
 
 
+def unique_phrases(phrases: Sequence[str]) -> list[str]:
+    """The phrases in order, each once: a repeated phrase would only be grounded twice to the same map."""
+    return list(dict.fromkeys(phrases))
+
+
 def content_word_positions(tokenizer, phrase: str, positions: tuple[int, ...]) -> tuple[int, ...]:
     """Positions of tokens inside words that are not stop words (by the tokenizer's character offsets); empty when
     the phrase has none, and the caller then keeps every token."""

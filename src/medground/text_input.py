@@ -68,12 +68,13 @@ def read_text(source: str | Path, what: str, error: type[MedgroundError], max_by
     """
     name = source_name(source)
     if str(source) == STDIN:
-        stream = getattr(sys.stdin, "buffer", None)
-        if stream is None or getattr(sys.stdin, "closed", False):
+        if sys.stdin is None or sys.stdin.closed:
             raise error(f"cannot read the {what} from standard input: it is closed")
+        stream = getattr(sys.stdin, "buffer", None)  # a text stream without one (embedding, tests) is read as text
         try:
-            data = stream.read(max_bytes + 1)
-        except (OSError, ValueError) as exc:
+            data = stream.read(max_bytes + 1) if stream is not None else \
+                sys.stdin.read(max_bytes + 1).encode("utf-8", errors="surrogatepass")
+        except (OSError, ValueError, UnicodeError) as exc:
             raise error(f"cannot read the {what} from standard input: {exc}") from None
     else:
         path = Path(source)
@@ -151,11 +152,11 @@ def json_depth(text: str) -> int:
 def loads_json(text: str, where: str, error: type[MedgroundError], max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` with the nesting limit checked first, every failure ``error`` naming ``where``."""
     if ("[" in text or "{" in text) and json_depth(text) > max_depth:
-        raise error(f"{where}: JSON nested deeper than the limit of {max_depth} levels")
+        raise error(f"{where} is not readable JSON: nested deeper than the limit of {max_depth} levels")
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise error(f"{where}: not JSON ({exc})") from None
+        raise error(f"{where} is not readable JSON: {exc}") from None
 
 
 def clean_text(text: str) -> str:

@@ -9,8 +9,9 @@ from typing import Any
 
 import gradio as gr
 
+from medground.app.limits import STATE_SECONDS, UPLOAD_CACHE
 from medground.app.session import LAYERS, MODES, Answer, Session, boxes_table, status_html
-from medground.viz import render_findings
+from medground.viz import FindingsPicture, render_findings
 
 CSS = """
 .status { padding: 0.6em 0.8em; border-radius: 6px; }
@@ -30,15 +31,15 @@ PLACEHOLDER = {"Phrases": "small left pleural effusion\ncardiomegaly",
 INVERSION_PROGRESS = gr.Progress(track_tqdm=True)
 """Gradio finds a handler's progress bar by its default value; tracking tqdm shows the inversion's own steps."""
 Outputs = tuple[str, Any, str, Any, Any]
-"""status, overlay, boxes table, downloads, this visitor's last answer."""
+"""status, overlay, boxes table, downloads, this visitor's last drawing (display size)."""
 
 log = logging.getLogger(__name__)
 
 
 def build_page(session: Session) -> gr.Blocks:
     """The Blocks of one server; event handlers close over ``session`` (the model is loaded once, before)."""
-    with gr.Blocks(title="medground", analytics_enabled=False) as page:
-        last = gr.State(None)
+    with gr.Blocks(title="medground", analytics_enabled=False, delete_cache=UPLOAD_CACHE) as page:
+        last = gr.State(None, time_to_live=STATE_SECONDS)
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2):
@@ -63,12 +64,16 @@ def build_page(session: Session) -> gr.Blocks:
             return _outputs(session.preview(path), shown)
 
         @_in_page
-        def ground(path: str | None, chosen: str, typed: str, shown: list[str],
+        def ground(path: str | None, chosen: str, typed: str, shown: list[str], request: gr.Request,
                    progress: gr.Progress = INVERSION_PROGRESS) -> Outputs:
-            return _outputs(session.answer(path, chosen, typed, lambda f, d: progress(f, desc=d)), shown)
+            return _outputs(session.answer(path, chosen, typed, lambda f, d: progress(f, desc=d),
+                                           visitor=request.session_hash), shown)
 
-        def redraw(answer: Answer | None, shown: list[str]) -> Any:
-            return _overlay(answer, shown) if answer is not None else gr.skip()
+        def redraw(picture: FindingsPicture | None, shown: list[str]) -> Any:
+            return _overlay(picture, shown) if picture is not None else gr.skip()
+
+        def leave(request: gr.Request) -> None:
+            session.forget(request.session_hash)
 
         def relabel(chosen: str) -> gr.Textbox:
             label = "Phrases, one per line" if chosen == "Phrases" else "Report (FINDINGS / IMPRESSION)"
@@ -78,19 +83,20 @@ def build_page(session: Session) -> gr.Blocks:
         run.click(ground, [upload, mode, text, layers], outputs, show_progress_on=overlay)
         layers.change(redraw, [last, layers], overlay)
         mode.change(relabel, mode, text)
+        page.unload(leave)
     return page
 
 
 def _outputs(answer: Answer, shown: list[str]) -> Outputs:
     files = [str(path) for path in answer.files] or None
-    return status_html(answer), _overlay(answer, shown), boxes_table(answer.grounding), files, answer
+    picture = answer.picture
+    return status_html(answer), _overlay(picture, shown), boxes_table(answer.grounding), files, picture
 
 
-def _overlay(answer: Answer, shown: list[str]) -> Any:
-    if answer.pixels is None:
+def _overlay(picture: FindingsPicture | None, shown: list[str]) -> Any:
+    if picture is None:
         return None
-    findings = answer.grounding.findings if answer.grounding else []
-    return render_findings(answer.pixels, findings, *(layer in shown for layer in LAYERS))
+    return render_findings(picture, *(layer in shown for layer in LAYERS))
 
 
 def _in_page(handler: Callable[..., Outputs]) -> Callable[..., Outputs]:

@@ -9,6 +9,7 @@ import socket
 import tempfile
 from pathlib import Path
 
+from medground.app.limits import MAX_UPLOAD_MB
 from medground.errors import ExtraNotInstalledError, ServeError
 from medground.grounder import Grounder
 
@@ -32,7 +33,7 @@ def check_can_serve(host: str, port: int) -> None:
 
 
 def serve(grounder: Grounder, settings: dict[str, str], host: str = "127.0.0.1", port: int = 7860,
-          share: bool = False, max_upload_mb: int = 20) -> None:
+          share: bool = False, max_upload_mb: int = MAX_UPLOAD_MB) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM); the temporary folder with the uploads is deleted on the way out.
 
     Concurrent queries are queued and run one at a time on the shared ``grounder`` (its trajectory cache is not

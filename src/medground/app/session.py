@@ -1,25 +1,37 @@
-"""What the web page does, without the page: check the upload and the text, ground, describe the answer."""
+"""What the web page does, without the page: check the upload and the text, ground, describe the answer.
+
+Each visitor's downloads live in a folder of their own that holds only their last answer, and is deleted when they
+leave or when more than ``MAX_VISITORS`` others came after them; the page keeps only a display-size drawing per
+visitor (``viz.FindingsPicture``), never full-size maps.
+"""
 
 from __future__ import annotations
 
 import html
+import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medground.errors import ImageError, MedgroundError, PhraseError, ReportError
+from medground.app.limits import MAX_IMAGE_PIXELS, MAX_PHRASES, MAX_TEXT_CHARS, MAX_VISITORS
+from medground.errors import ConfigError, ImageError, MedgroundError, PhraseError
+from medground.geometry import prepare_pixels
 from medground.grounder import Grounder
-from medground.images import read_image
-from medground.reports.grounding import ReportGrounding, ground_phrases, write_outputs
+from medground.images import image_size, read_image
+from medground.outputs import GroundingFiles, grounding_settings
+from medground.reports import ground_phrases, ground_report
+from medground.reports.findings import read_mentions
+from medground.results import ReportGrounding
+from medground.text_input import clean_text
+from medground.viz import FindingsPicture, findings_picture
 
 MODES = ("Phrases", "Report")
 LAYERS = ("heatmap", "mask", "boxes")
-MAX_TEXT_CHARS = 20_000
-"""Longer text is not a chest X-ray report (MIMIC-CXR's longest are a few thousand characters)."""
 
 Progress = Callable[[float, str], None]
 
@@ -34,60 +46,106 @@ class Answer:
     grounding: ReportGrounding | None = None
     files: list[Path] = field(default_factory=list)
 
+    @property
+    def picture(self) -> FindingsPicture | None:
+        """The display-size drawing the page keeps (the full-size arrays are dropped with the answer)."""
+        if self.pixels is None:
+            return None
+        return findings_picture(self.pixels, self.grounding.findings if self.grounding else [])
+
 
 class Session:
     """One loaded model serving every visitor (queries run one at a time: the page's queue has one worker)."""
 
-    def __init__(self, grounder: Grounder, workdir: Path, settings: dict[str, str]) -> None:
+    def __init__(self, grounder: Grounder, workdir: Path, settings: dict[str, str],
+                 max_visitors: int = MAX_VISITORS, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         """``settings``: what the JSON download records about the model (its name or folder, the preset)."""
         self.grounder = grounder
         self.workdir = Path(workdir)
         self.settings = settings
+        self.max_visitors = max_visitors
+        self.max_pixels = max_pixels
+        self._folders: OrderedDict[str, Path] = OrderedDict()
+        """Each visitor's results folder, least recently used first."""
+
+    def forget(self, visitor: str) -> None:
+        """Delete a visitor's results (they left, or others pushed them out)."""
+        folder = self._folders.pop(visitor, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _results_folder(self, visitor: str | None) -> Path:
+        """The visitor's folder, emptied of their previous answer; the least recent visitors' are removed."""
+        visitor = visitor or uuid.uuid4().hex
+        self.forget(visitor)
+        while len(self._folders) >= self.max_visitors:
+            self.forget(next(iter(self._folders)))
+        folder = self.workdir / "results" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        self._folders[visitor] = folder
+        return folder
+
+    def _read(self, upload: str) -> np.ndarray:
+        """The uploaded image, refused above the app's pixel limit before it is decoded."""
+        width, height = image_size(Path(upload))
+        if width * height > self.max_pixels:
+            raise ImageError(f"{Path(upload).name} is {width}x{height} pixels; this server takes images of at most "
+                             f"{self.max_pixels:,} pixels")
+        return read_image(Path(upload))
 
     def preview(self, upload: str | None) -> Answer:
         """The uploaded image on its own, or why it cannot be used."""
         if not upload:
             return Answer("Upload a radiograph (PNG, JPEG or DICOM).")
         try:
-            pixels = read_image(Path(upload))
-        except ImageError as exc:
+            pixels = self._read(upload)
+        except MedgroundError as exc:
             return Answer(_without_folder(str(exc), upload), error=True)
         cached = " Its inversion is cached: a query will reuse it." if self.grounder.is_cached(pixels) else ""
         return Answer(f"{Path(upload).name}: {pixels.shape[1]}x{pixels.shape[0]} pixels.{cached}", pixels=pixels)
 
-    def answer(self, upload: str | None, mode: str, text: str, progress: Progress = lambda _f, _d: None) -> Answer:
-        """Ground the typed phrases (one per line) or the pasted report in the uploaded image."""
+    def answer(self, upload: str | None, mode: str, text: str, progress: Progress = lambda _f, _d: None,
+               visitor: str | None = None) -> Answer:
+        """Ground the typed phrases (one per line) or the pasted report in the uploaded image; ``visitor`` names
+        whose results folder the downloads replace."""
         try:
-            return self._answer(upload, mode, text or "", progress)
+            return self._answer(upload, mode, text or "", progress, visitor)
         except MedgroundError as exc:
             return Answer(_without_folder(str(exc), upload), error=True)
 
-    def _answer(self, upload: str | None, mode: str, text: str, progress: Progress) -> Answer:
+    def _answer(self, upload: str | None, mode: str, text: str, progress: Progress, visitor: str | None) -> Answer:
         if not upload:
             raise ImageError("upload a radiograph first (PNG, JPEG or DICOM)")
         if mode not in MODES:
-            raise ReportError(f"mode must be one of {list(MODES)}, got {mode!r}")
+            raise ConfigError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if len(text) > MAX_TEXT_CHARS:
-            raise ReportError(f"the text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+            raise PhraseError(f"the text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        text = clean_text(text)
+        if mode == "Phrases":
+            phrases = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+            if not phrases:
+                raise PhraseError("type at least one phrase (one per line)")
+            if len(phrases) > MAX_PHRASES:
+                raise PhraseError(f"{len(phrases)} phrases; this server grounds at most {MAX_PHRASES} per query")
+        else:
+            read_mentions(text)  # an empty or unreadable report is refused before any image work
         progress(0.0, "reading the image")
-        pixels = read_image(Path(upload))
-        cached = self.grounder.is_cached(pixels)
+        pixels = self._read(upload)
+        prepared = prepare_pixels(pixels, self.grounder.model.image_size)
+        cached = self.grounder.is_cached(prepared)
         before = dict(self.grounder.unet_evaluations)
         progress(0.05, "reusing the cached inversion" if cached else "inverting the image (DDIM)")
         started = time.perf_counter()
         if mode == "Report":
-            grounding = self.grounder.ground_report(pixels, text)
+            grounding = ground_report(self.grounder, prepared, text, max_findings=MAX_PHRASES)
         else:
-            phrases = [line.strip() for line in text.splitlines() if line.strip()]
-            if not phrases:
-                raise PhraseError("type at least one phrase (one per line)")
-            grounding = ground_phrases(self.grounder, pixels, phrases)
+            grounding = ground_phrases(self.grounder, prepared, phrases)
         seconds = time.perf_counter() - started
         progress(0.95, "writing the results")
-        folder = self.workdir / "results" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        record = {"image": Path(upload).name, **self.settings}
-        files = write_outputs(folder, Path(upload).name, pixels, grounding, record)
+        name = Path(upload).name
+        files = GroundingFiles(self._results_folder(visitor), name,
+                               grounding_settings(self.settings["model"], self.grounder.config))
+        written = files.report(pixels, grounding, {"image": name, **self.settings})
         runs = {kind: self.grounder.unet_evaluations[kind] - before[kind] for kind in before}
         if not grounding.findings:
             how = ""
@@ -98,7 +156,7 @@ class Session:
             how = (f" Inverted the image ({runs['unconditional']} + {runs['conditional']} UNet evaluations, "
                    f"{seconds:.1f} s); the inversion is cached for the next query on this image.")
         return Answer(grounding.message[:1].upper() + grounding.message[1:] + "." + how, pixels=pixels,
-                      grounding=grounding, files=files)
+                      grounding=grounding, files=written)
 
 
 def boxes_table(grounding: ReportGrounding | None) -> str:

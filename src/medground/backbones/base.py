@@ -14,6 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -71,6 +72,8 @@ class Backbone(ABC):
     family: ClassVar[str]
     default_grounding: ClassVar[dict[str, Any]] = {}
     """The family's read-out defaults (layers, grid, window, smoothing), before the model directory's own."""
+    folder_hint: ClassVar[str] = ""
+    """What a folder of this family's own layout holds (for the message when no family recognises a folder)."""
 
     def __init__(self, autoencoder: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any,
                  noise_schedule: NoiseSchedule, latent_scale: float, image_size: int, name: str,
@@ -85,6 +88,18 @@ class Backbone(ABC):
         self.image_size = image_size
         self.name = name
         self.description = description or {}
+
+    # --- reading a model ----------------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None) -> Backbone:
+        """Build the model a description (``model.json``, or ``spec_of_folder``'s) gives, reading from ``model_dir``;
+        ``text_source`` replaces where the text encoder and tokenizer come from."""
+
+    @classmethod
+    def spec_of_folder(cls, folder: Path) -> dict[str, Any] | None:
+        """The description of a folder in this family's own layout (no ``model.json``), or None if it is not one."""
+        return None
 
     # --- the networks -------------------------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:

@@ -21,7 +21,6 @@ from torch import nn
 from medground.backbones.base import AttentionSink, Backbone, NoiseSchedule
 from medground.backbones.model_dir import (
     MODEL_FILE,
-    PIPELINE_FILE,
     check_finite,
     inside,
     load_state_strict,
@@ -33,6 +32,8 @@ from medground.backbones.model_dir import (
 )
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
+PIPELINE_FILE = "model_index.json"
+"""What makes a folder a diffusers pipeline (``load_model`` takes one as it is)."""
 NETWORKS = {"unet": "UNet2DConditionModel", "autoencoder": "AutoencoderKL"}
 """The diffusers classes this family builds (from their ``config.json``); nothing else is instantiated."""
 PIPELINE_FOLDERS = {"unet": "unet", "autoencoder": "vae"}
@@ -50,6 +51,11 @@ TOKENIZER_CLASSES = {"CLIPTokenizer": "transformers.CLIPTokenizer", "CLIPTokeniz
 class DiffusersBackbone(Backbone):
     family = "diffusers"
     default_grounding = {"inference_steps": 300, "gaussian_sigma": 2.5}
+    folder_hint = f"a diffusers pipeline folder has {PIPELINE_FILE}"
+
+    @classmethod
+    def spec_of_folder(cls, folder: Path) -> dict[str, Any] | None:
+        return spec_from_pipeline(folder) if (folder / PIPELINE_FILE).is_file() else None
 
     def __init__(self, *args: Any, text_attention_mask: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medground.backbones.diffusers import (
+    PIPELINE_FILE,
     TEXT_CLASSES,
     load_component,
     save_diffusers_model,
@@ -21,9 +22,7 @@ from medground.backbones.diffusers import (
 )
 from medground.backbones.model_dir import (
     MODEL_FILE,
-    PIPELINE_FILE,
     hub_snapshot,
-    load_model,
     load_text_part,
     parse_source,
     read_json_object,
@@ -114,6 +113,8 @@ def import_diffusers(source: str, out: Path, unet: str | None = None, text_encod
                          text_parts["tokenizer"])
     (out / "scheduler").mkdir(exist_ok=True)
     shutil.copy(base / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
+    from medground.loading import load_model
+
     model = load_model(out)  # the directory must load, and the defaults are those of the loaded UNet
     written = json.loads((out / MODEL_FILE).read_text())
     written["grounding_defaults"] = {"cross_attention_layers": model.layers_at_quarter_resolution()}

@@ -1,9 +1,9 @@
-"""The medground model directory and the one loader every family goes through.
+"""The medground model directory format, and the checked readers every family builds its networks with.
 
 A model directory holds ``model.json`` (family, each component's class and arguments or sub-folder, the noise
 schedule, latent scale, image size, grounding defaults, provenance), the networks' weights, and the text
-encoder and tokenizer in the transformers layout (or hub ids with a pinned revision). ``load_model`` also takes a
-known name (``toy``, ``toy-sd``), a diffusers pipeline folder (``model_index.json``) and ``hub-id@revision``.
+encoder and tokenizer in the transformers layout (or hub ids with a pinned revision). ``medground.loading`` finds
+the directory and the family; the family reads its own parts with the helpers here.
 
 Everything read from disk is checked before it is trusted: JSON types, paths that stay inside the directory,
 strict weight keys, finite weights, a usable noise schedule and latent scale. Each failure names the file and key.
@@ -22,76 +22,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medground.backbones.base import Backbone, NoiseSchedule, family_class
+from medground.backbones.base import NoiseSchedule
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
 MODEL_FORMAT = "medground-ldm/1"
 MODEL_FILE = "model.json"
-PIPELINE_FILE = "model_index.json"
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-KNOWN_MODELS: dict[str, Path] = {
-    "toy": PACKAGE_DIR / "toy" / "model",
-    "toy-sd": PACKAGE_DIR / "toy" / "model-sd",
-}
-"""Names ``load_model`` resolves without a path: the trained toy models shipped inside the package."""
 MAX_IMAGE_SIZE = 2048
 """Larger inputs are refused: a 4096 model input ran for over 12 minutes on a CPU before its first map."""
-
-
-def load_model(path_or_name: str | Path = "toy", device: str | torch.device = "cpu",
-               text_encoder: str | None = None) -> Backbone:
-    """Load a model with strict checks: a known name (``toy``, ``toy-sd``), a medground model directory, a diffusers
-    pipeline folder (``model_index.json``) or ``hub-id[@revision]`` of a diffusers pipeline.
-
-    ``text_encoder`` overrides where the text encoder and tokenizer come from: a local folder (with
-    ``text_encoder/`` and ``tokenizer/`` subfolders, or the files directly) or ``hub-id[@revision]``.
-    """
-    device = check_device(device)
-    model_dir = resolve_model_source(path_or_name)
-    text_source = parse_source(text_encoder) if text_encoder else None
-    if (model_dir / MODEL_FILE).is_file():
-        spec = read_spec(model_dir)
-    else:
-        from medground.backbones.diffusers import spec_from_pipeline
-
-        spec = spec_from_pipeline(model_dir)
-    backbone = family_class(spec["family"], str(model_dir / MODEL_FILE)).from_spec(model_dir, spec, text_source)
-    return backbone.to(device)
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N ({exc})") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} was asked for but this PyTorch sees no CUDA device")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices are visible")
-    if parsed.type not in ("cpu", "cuda", "mps"):
-        raise ModelLoadError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
-    return parsed
-
-
-def resolve_model_source(path_or_name: str | Path) -> Path:
-    """A known name -> its shipped folder; an existing path -> itself; ``hub-id[@revision]`` -> the hub snapshot."""
-    if not isinstance(path_or_name, (str, Path)):
-        raise ModelLoadError(f"a model is a known name {sorted(KNOWN_MODELS)}, a folder or hub-id[@revision]; got "
-                             f"{path_or_name!r}")
-    if isinstance(path_or_name, str) and path_or_name in KNOWN_MODELS:
-        return KNOWN_MODELS[path_or_name]
-    path = Path(path_or_name)
-    if path.exists():
-        if not (path / MODEL_FILE).is_file() and not (path / PIPELINE_FILE).is_file():
-            raise WeightsNotFoundError(f"no {MODEL_FILE} (medground model) or {PIPELINE_FILE} (diffusers pipeline) "
-                                       f"in {path}; known model names: {sorted(KNOWN_MODELS)}")
-        return path
-    text = str(path_or_name)
-    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1 and " " not in text:
-        source = parse_source(text)
-        return hub_snapshot(source["hub_id"], source["revision"])
-    raise WeightsNotFoundError(f"no model at {path} (not a folder, a known name {sorted(KNOWN_MODELS)} or "
-                               "a hub id such as org/name@revision)")
 
 
 def parse_source(source: str) -> dict[str, str]:
@@ -125,10 +62,13 @@ def sha256_of(path: Path) -> str:
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
+    from medground.text_input import loads_json
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path} is not readable JSON: {exc}") from exc
+    data = loads_json(text, str(path), ModelLoadError)
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medground.errors import DatasetError
+from medground.text_input import loads_json
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 CSV_PHRASE_SEPARATOR = "|"
@@ -95,7 +95,11 @@ class Manifest:
     def open(cls, path: Path, root: Path | None = None) -> Manifest:
         """Check the file, its format and its columns (for CSV and Parquet, from the header) before any work."""
         path = Path(path)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as exc:  # a name too long for the file system
+            raise DatasetError(f"cannot open manifest {str(path)[:200]}: {exc.strerror or exc}") from None
+        if not found:
             raise DatasetError(f"manifest not found: {path}")
         kind = FORMATS.get(path.suffix.lower())
         if kind is None:
@@ -109,12 +113,16 @@ class Manifest:
         return manifest
 
     def columns(self) -> list[str]:
+        """The header's columns (CSV, Parquet; JSON lines have none: each line is checked)."""
         if self.format == "csv":
-            with self._open_text() as handle:
-                return next(csv.reader(handle), [])
+            try:
+                with self._open_text() as handle:
+                    return next(csv.reader(handle), [])
+            except csv.Error as exc:
+                raise DatasetError(f"manifest {self.path} is not a readable CSV: {exc}") from None
         if self.format == "parquet":
             return list(_parquet_file(self.path).schema_arrow.names)
-        raise ValueError("JSON lines have no header; each line is checked")
+        return []
 
     def fingerprint(self) -> str:
         """SHA-256 of the file: a resumed run must read the same manifest."""
@@ -167,10 +175,9 @@ class Manifest:
         return Survey(rows=rows, queries=queries, units=units, images=images)
 
     def _open_text(self):
-        try:
-            return open(self.path, newline="", encoding="utf-8-sig")  # Excel's "CSV UTF-8" starts with a BOM
-        except OSError as exc:
-            raise DatasetError(f"cannot read manifest {self.path}: {exc.strerror or exc}") from None
+        from medground.text_input import open_text
+
+        return open_text(self.path, "manifest", DatasetError)
 
     def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
@@ -180,8 +187,6 @@ class Manifest:
                 yield from self._jsonl_records()
             else:
                 yield from self._parquet_records()
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"manifest {self.path} is not UTF-8 text: {exc}") from None
         except csv.Error as exc:
             raise DatasetError(f"manifest {self.path} is not a readable CSV: {exc}") from None
 
@@ -203,10 +208,7 @@ class Manifest:
                 if not line.strip():
                     continue
                 where = f"{self.path} row {number} (line {line_number})"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{where}: not JSON ({exc})") from None
+                record = loads_json(line, where, DatasetError)
                 if not isinstance(record, dict):
                     raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
                 _check_columns(list(record), where)

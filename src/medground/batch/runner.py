@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -35,24 +36,44 @@ class BatchSummary:
     seconds: float
 
 
-def run_batch(manifest: Manifest, out: Path, job: BatchJob, *, resume: bool = False,
+def run_batch(manifest: Manifest, out: Path, job: BatchJob, *, preset: str = "paper",
+              overrides: dict[str, Any] | None = None, resume: bool = False,
               images_per_unit: int = IMAGES_PER_UNIT, window_rows: int = WINDOW_ROWS,
               cluster: ClusterOptions | None = None, loader_workers: int | None = None, progress: bool = True,
               on_unit: Callable[[Done], None] | None = None, part_rows: int = PART_ROWS,
               part_seconds: float = PART_SECONDS) -> BatchSummary:
-    """Ground every row of ``manifest`` into ``out/parts`` (see ``batch.store`` for the guarantees)."""
-    from medground.backbones.model_dir import load_model
-    from medground.grounder import Grounder
+    """Ground every row of ``manifest`` into ``out/parts`` (see ``batch.store`` for the guarantees).
+
+    Args:
+        manifest: the opened manifest (columns checked).
+        out: the output folder.
+        job: the model, device and output options; its config is resolved here, once, from ``preset`` and
+            ``overrides`` against the loaded model, and every unit (and Ray actor) runs that config.
+        preset: the recipe.
+        overrides: settings on top of it.
+        resume: continue an interrupted run in ``out``.
+        images_per_unit: images per work unit (the grain of work, output and resume).
+        window_rows: manifest rows read at a time (memory holds one window).
+        cluster: run on Ray (None: here).
+        loader_workers: local engine: processes decoding images ahead (None: by device).
+        progress: show a progress bar.
+        on_unit: called with every finished unit (tests use it to interrupt a run).
+        part_rows: rows buffered before a Parquet part is written.
+        part_seconds: a part is also written once its oldest unit is this old.
+    """
+    from medground.grounder import resolve_config
+    from medground.loading import load_model
 
     started = time.perf_counter()
     survey = manifest.survey(images_per_unit, window_rows)
     model = load_model(job.model, device=job.device, text_encoder=job.text_encoder)
-    job = replace(job, image_size=model.image_size, map_side=map_side_for(model.image_size, job.map_side))
-    config = Grounder(model, job.preset, overrides=job.overrides, precision=job.precision).config
+    config = resolve_config(model, preset, overrides)
+    job = replace(job, image_size=model.image_size, map_side=map_side_for(model.image_size, job.map_side),
+                  config=config.to_dict())
     settings = {"command": "batch", "manifest": str(manifest.path.resolve()), "manifest_sha256": manifest.fingerprint(),
                 "root": str(manifest.root.resolve()), "model": job.model, "text_encoder": job.text_encoder,
-                "preset": job.preset, "overrides": job.overrides, "precision": job.precision,
-                "config": config.to_dict(), "images_per_unit": images_per_unit, "window_rows": window_rows,
+                "preset": preset, "overrides": overrides or {}, "precision": job.precision,
+                "config": job.config, "images_per_unit": images_per_unit, "window_rows": window_rows,
                 "map_side": job.map_side, "map_dtype": job.map_dtype}
     writer = BatchWriter(out, output_schema(job.map_dtype, job.map_side), part_rows, part_seconds)
     computed = errors = 0

@@ -14,7 +14,6 @@ Read the result with ``pyarrow.parquet.read_table(OUT / "parts")`` or ``pandas.r
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -22,8 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from medground.errors import RunDirError
-from medground.evaluate.store import check_writable_folder, exclusive_lock, write_atomic
-from medground.outputs import refuse_link
+from medground.outputs import (
+    check_resumable,
+    check_writable_folder,
+    exclusive_lock,
+    free_space,
+    json_bytes,
+    read_json_settings,
+    refuse_link,
+    write_atomic,
+)
 
 RUN_FILE = "run.json"
 SESSIONS_KEY = "sessions"
@@ -95,10 +102,7 @@ class BatchWriter:
             previous = _read_settings(run_file)
             sessions = previous.pop(SESSIONS_KEY, [])
             sessions = sessions if isinstance(sessions, list) else []
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            if changed:
-                details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
-                raise RunDirError(f"cannot resume {self.folder}: its settings differ ({details})")
+            check_resumable(self.folder, previous, settings)
         elif parts.is_dir() and any(parts.iterdir()):
             raise RunDirError(f"{parts} exists without {RUN_FILE}: not a run medground started; choose another --out")
         parts.mkdir(exist_ok=True)
@@ -106,7 +110,7 @@ class BatchWriter:
             leftover.unlink()
         self.done = read_done_units(parts)
         record = {**settings, SESSIONS_KEY: [*sessions, {**session, "rows_before": sum(self.done.values())}]}
-        write_atomic(run_file, (json.dumps(record, indent=2) + "\n").encode())
+        write_atomic(run_file, json_bytes(record))
 
     def add(self, unit: int, rows: Sequence[dict[str, Any]]) -> bool:
         """Buffer a whole unit's rows (False if the unit is already written or buffered); writes a part when due."""
@@ -139,7 +143,8 @@ class BatchWriter:
             _fsync_folder(self.parts)
         except OSError as exc:
             temporary.unlink(missing_ok=True)
-            raise RunDirError(f"cannot write {final}: {exc.strerror or exc}") from None
+            raise RunDirError(f"cannot write {final}: {exc.strerror or exc} ({free_space(self.parts)}); the parts "
+                              "written before are intact, --resume continues") from None
         self.done.update({unit: len(self._buffer[unit]) for unit in units})
         self._buffer.clear()
 
@@ -169,11 +174,8 @@ def read_done_units(parts: Path) -> dict[int, int]:
 
 
 def _read_settings(run_file: Path) -> dict[str, Any]:
-    try:
-        settings = json.loads(run_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{run_file} is not readable JSON: {exc}") from None
-    if not isinstance(settings, dict) or settings.get("command") != "batch":
+    settings = read_json_settings(run_file, "a batch run")
+    if settings.get("command") != "batch":
         raise RunDirError(f"{run_file} does not describe a batch run")
     return settings
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from medground.batch.manifest import ImageQueries, Query, Unit
 from medground.errors import ConfigError, ImageError, PhraseError
-from medground.images import PreparedImage, prepare_image
+from medground.geometry import PreparedImage, prepare_image
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,6 @@ class BatchJob:
     """What a worker needs to build its grounder: picklable, so each Ray actor builds its own from it."""
 
     model: str
-    preset: str
-    overrides: dict[str, Any]
     device: str
     precision: str
     text_encoder: str | None
@@ -61,9 +59,12 @@ class BatchJob:
     map_dtype: str
     image_size: int = 0
     """The model's input side (known once the model is loaded: ``run_batch`` fills it in)."""
+    config: dict[str, Any] | None = None
+    """The grounding config resolved against the model (``run_batch`` fills it in from the preset and overrides it
+    is given): every worker runs exactly this."""
 
     def build(self) -> UnitGrounder:
-        from medground.backbones.model_dir import load_model
+        from medground.loading import load_model
 
         return UnitGrounder(self, load_model(self.model, device=self.device, text_encoder=self.text_encoder))
 
@@ -75,15 +76,19 @@ class UnitGrounder:
     """Grounds prepared (or raw) units into output rows with one model, loaded once."""
 
     def __init__(self, job: BatchJob, model: Any) -> None:
+        from medground.config import GroundingConfig
         from medground.engine.batching import auto_batch_size
         from medground.grounder import Grounder
 
-        grounder = Grounder(model, job.preset, overrides=job.overrides, precision=job.precision, cache_size=0,
-                            compile=job.compile)
+        if job.config is None:
+            raise ConfigError("the batch job has no resolved config (run_batch resolves it)")
         if model.image_size != job.image_size:
             raise ConfigError(f"model {model.name!r} takes {model.image_size} px, the job was planned for "
                               f"{job.image_size} px")
-        grounder.batch_size = job.batch_size or auto_batch_size(grounder)
+        config = GroundingConfig.from_dict(job.config, "the batch job's config")
+        batch_size = job.batch_size or auto_batch_size(model, config.unconditional_prompt)
+        grounder = Grounder(model, config, precision=job.precision, cache_size=0, compile=job.compile,
+                            batch_size=batch_size)
         self.job = job
         self.grounder = grounder
 

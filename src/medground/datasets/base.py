@@ -1,4 +1,5 @@
-"""The common sample record, row validation, the crop filter of the paper's protocol, and the dataset registry.
+"""The common sample record, row validation and the crop filter of the paper's protocol (the registry is
+``medground.datasets.DATASETS``).
 
 Every reader returns ``Sample`` records after checking every row (numbers, boxes, paths inside the root, image
 files and their sizes, duplicates, colliding ids) before anything is evaluated; a row that cannot be used is a
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from medground.errors import DatasetError, ImageError
-from medground.images import Box, Geometry, image_size
+from medground.geometry import Geometry
+from medground.images import image_size
+from medground.results import Box
 
 PROTOCOL_CROP = 512
 """The LDM's input side: boxes that do not survive its centre crop are dropped (official protocol)."""
@@ -52,6 +55,21 @@ class DatasetLoad:
     dropped_boxes: int = 0
     notes: list[str] = field(default_factory=list)
     """Rows dropped as exact duplicates, with their file and row numbers."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """How it was loaded (dataset name, root and CSV, or phantom seeds): what a run records to be repeated."""
+
+    def first(self, limit: int | None) -> DatasetLoad:
+        """The first ``limit`` samples (all for None); a dataset left with none is a DatasetError."""
+        if limit is not None:
+            self.samples = self.samples[:limit]
+        if not self.samples:
+            raise DatasetError(f"{self.name}: no sample to evaluate ({len(self.skipped_samples)} skipped: no box "
+                               "inside the crop)")
+        return self
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.samples)} samples; skipped {len(self.skipped_samples)} with no box inside "
+                f"the crop; dropped {self.dropped_boxes} boxes outside it")
 
 
 def sample_id(image_key: str, phrase: str) -> str:
@@ -64,8 +82,10 @@ def sample_id(image_key: str, phrase: str) -> str:
 def csv_rows(path: Path, dict_rows: bool = True, required: Sequence[str] = ()) -> Iterator[Iterator[Any]]:
     """The rows of a UTF-8 CSV (as dicts with the ``required`` columns, or lists); an undecodable or malformed file,
     or missing columns, is a DatasetError."""
+    from medground.text_input import open_text
+
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # Excel writes a byte-order mark
+        with open_text(path, "dataset", DatasetError) as handle:
             if not dict_rows:
                 yield csv.reader(handle)
                 return
@@ -74,8 +94,6 @@ def csv_rows(path: Path, dict_rows: bool = True, required: Sequence[str] = ()) -
             if missing:
                 raise DatasetError(f"{path} lacks columns {missing}; found {reader.fieldnames}")
             yield reader
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text: {exc}") from None
     except csv.Error as exc:
         raise DatasetError(f"{path} is not a readable CSV: {exc}") from None
 
@@ -181,17 +199,3 @@ def apply_crop_filter(load: DatasetLoad, crop: int = PROTOCOL_CROP) -> DatasetLo
             load.skipped_samples.append(sample.id)
     load.samples = kept_samples
     return load
-
-
-def load_dataset(name: str, root: Path | None = None, csv: Path | None = None, crop: int = PROTOCOL_CROP,
-                 **options: Any) -> DatasetLoad:
-    """Read a dataset by name (see ``medground.datasets.DATASETS``), validate it and apply the crop filter."""
-    from medground.datasets import DATASETS, reader
-
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {list(DATASETS)}")
-    if name != "phantoms":
-        if root is None or not Path(root).is_dir():
-            raise DatasetError(f"dataset root not found: {root}")
-        return apply_crop_filter(reader(name)(Path(root), csv), crop)
-    return apply_crop_filter(reader(name)(**options), crop)

@@ -1,11 +1,11 @@
-"""Phrase-token cross-attention maps of chosen layers, accumulated over passes, for any backbone.
+"""Capture: phrase-token cross-attention maps of chosen layers, collected over passes, for any backbone.
 
-The backbone's ``capture`` hands this recorder each chosen layer's probabilities during a pass. Per layer the phrase
-tokens' maps are averaged (heads uniformly, tokens by ``token_weights``), optionally propagated through the same
-block's self-attention (map <- A^k map), min-max normalised per map as the official code does, weighted by the pass's
-step weight and added to a running sum: nothing per step is kept unless asked (``keep_steps`` for BBM's text bias,
-``bias_token`` for its image bias). With ``cut_off`` the pass stops once the last chosen layer has fired, since later
-layers cannot change what was recorded.
+The backbone's ``capture`` hands this recorder each chosen layer's probabilities during a pass. The recorder reduces
+them to one raw map per phrase (heads averaged uniformly, tokens by ``token_weights``) and keeps what the read-out
+will need: each step's raw maps when asked (``keep_steps`` for BBM's text bias, ``bias_token`` for its image bias),
+else only a running sum per layer, which is exact because the read-out's per-step work (self-attention refinement,
+per-map normalisation, step weights: ``medground.readout``) is applied as each step arrives, before the sum. With
+``cut_off`` the pass stops once the last chosen layer has fired, since later layers cannot change what was recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from medground.backbones.base import Backbone
-from medground.errors import ConfigError
+from medground.errors import ConfigError, ModelOutputError
+from medground.readout.aggregate import step_weighted_sum
+from medground.readout.maps import min_max
+from medground.readout.refine import propagate
 
 
 class _PassDone(Exception):
@@ -81,7 +84,8 @@ class AttentionRecorder:
             self._recording = False
             self._affinity.clear()
         if self._fired != len(self.layers):
-            raise RuntimeError(f"only {self._fired} of {len(self.layers)} recorded layers ran in the pass")
+            raise ModelOutputError(f"only {self._fired} of {len(self.layers)} recorded layers ran in the pass; the "
+                                   "model skipped attention layers it lists")
         self.passes += len(self._weights)
         self.total_weight += sum(self._weights)
         return output
@@ -111,16 +115,13 @@ class AttentionRecorder:
         if self.bias:
             token_map = probabilities[..., self.bias_token].float().mean(dim=1)
             self.bias[path].extend(token_map.reshape(steps, -1, side, side).cpu())
-        for _ in range(self.power):  # (A^k m)_i = sum_j A_ij (A^(k-1) m)_j, A row-stochastic over keys j
-            maps = torch.einsum("pij,pj->pi", self._affinity[path], maps)
+        if self.power:
+            maps = propagate(maps, self._affinity[path], self.power)
         maps = maps.reshape(-1, side, side)
         if self.normalise_each_map:
-            low = maps.amin(dim=(1, 2), keepdim=True)
-            span = maps.amax(dim=(1, 2), keepdim=True) - low
-            maps = torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+            maps = min_max(maps)
         if any(self._weights):
-            step_weights = torch.tensor(self._weights, device=maps.device).reshape(steps, 1, 1, 1)
-            weighted = (maps.reshape(steps, -1, side, side) * step_weights).sum(dim=0)
+            weighted = step_weighted_sum(maps, self._weights)
             self.sums[path] = self.sums[path] + weighted if path in self.sums else weighted
         held = sum(t.numel() * t.element_size() for t in self.sums.values())
         held += sum(t.numel() * t.element_size() for kept in (*self.steps.values(), *self.bias.values())

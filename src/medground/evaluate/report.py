@@ -67,12 +67,12 @@ def summary_csv(summary: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def contact_sheet(path: Path, samples: dict[str, Any], records: Sequence[dict[str, Any]], previews: Path,
-                  count: int = 4) -> None:
-    """Best and worst samples by mIoU: image, preview heatmap and truth boxes."""
+def contact_sheet(samples: dict[str, Any], records: Sequence[dict[str, Any]], previews: Path,
+                  count: int = 4) -> bytes:
+    """Best and worst samples by mIoU (image, preview heatmap and truth boxes), as PNG bytes."""
     from medground.evaluate.store import preview_step
     from medground.images import read_image
-    from medground.viz import save_contact_sheet
+    from medground.viz import contact_sheet_png
 
     ranked = sorted(records, key=lambda r: (-r["miou"], r["id"]))
     best = ranked[:count]
@@ -86,7 +86,7 @@ def contact_sheet(path: Path, samples: dict[str, Any], records: Sequence[dict[st
         boxes = [(x / step, y / step, w / step, h / step) for x, y, w, h in sample.boxes]
         panels.append({"image": image, "heatmap": heatmap, "truth": boxes,
                        "title": f"{label}: {sample.phrase[:40]}\nmIoU {record['miou']:.2f} CNR {record['cnr']:.2f}"})
-    save_contact_sheet(path, panels)
+    return contact_sheet_png(panels)
 
 
 def compare_runs(run_dirs: Sequence[Path]) -> str:

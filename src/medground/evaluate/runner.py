@@ -25,8 +25,9 @@ from medground.cluster import Executor, local_executor
 from medground.datasets.base import DatasetLoad, Sample
 from medground.evaluate.report import contact_sheet, summarise, summary_csv, summary_markdown
 from medground.evaluate.store import RunWriter, preview
-from medground.methods import MethodOptions
+from medground.methods import MODEL_METHODS, MethodOptions
 from medground.metrics import auroc, box_union_mask, cnr, miou
+from medground.outputs import json_bytes
 
 
 class GroundingMethod(Protocol):
@@ -142,6 +143,25 @@ def evaluate(load: DatasetLoad, method: GroundingMethod, store: RunWriter | Memo
     return [by_id[s.id] for s in load.samples if s.id in by_id]
 
 
+def evaluation_record(load: DatasetLoad, method: str, options: MethodOptions, requested: dict[str, Any],
+                      limit: int | None) -> dict[str, Any]:
+    """What ``run.json`` records of an evaluation: the dataset as loaded, the method, and for a model method the
+    model and recipe as asked (``requested``: model, preset, overrides) and the config they resolved to."""
+    model_method = method in MODEL_METHODS
+    source = load.source
+    record = {"dataset": source.get("dataset", load.name), "root": source.get("root"), "csv": source.get("csv"),
+              "method": method, "model": str(requested["model"]) if model_method else None,
+              "preset": requested["preset"] if model_method else None,
+              "overrides": requested["overrides"] if model_method else None,
+              "precision": options.precision if model_method else None,
+              "biovil_weights": options.biovil_weights if method.startswith("biovil") else None,
+              "limit": limit, "seed": source.get("seed"), "n": source.get("n"), "n_samples": len(load.samples),
+              "skipped_samples": load.skipped_samples, "dropped_boxes": load.dropped_boxes}
+    if model_method:
+        record["config"] = options.config.to_dict()
+    return record
+
+
 def run_evaluation(load: DatasetLoad, method: GroundingMethod, writer: RunWriter, run_record: dict[str, Any],
                    resume: bool = False, images_per_group: int = 4, progress: bool = True,
                    executor: Executor | None = None) -> dict[str, Any]:
@@ -150,10 +170,10 @@ def run_evaluation(load: DatasetLoad, method: GroundingMethod, writer: RunWriter
         records = evaluate(load, method, writer, images_per_group, progress, executor)
         summary = {**summarise(records), "skipped_samples": len(load.skipped_samples),
                    "dropped_boxes": load.dropped_boxes}
-        writer.write_text("summary.json", json.dumps(summary, indent=2) + "\n")
-        writer.write_text("summary.md", summary_markdown(summary) + "\n")
-        writer.write_text("summary.csv", summary_csv(summary))
+        writer.write("summary.json", json_bytes(summary))
+        writer.write("summary.md", (summary_markdown(summary) + "\n").encode())
+        writer.write("summary.csv", summary_csv(summary).encode())
         if records:
-            contact_sheet(writer.folder / "contact_sheet.png", {s.id: s for s in load.samples}, records,
-                          writer.folder / "previews")
+            writer.write("contact_sheet.png", contact_sheet({s.id: s for s in load.samples}, records,
+                                                            writer.folder / "previews"))
     return summary

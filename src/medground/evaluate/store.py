@@ -21,11 +21,20 @@ from typing import Any
 import numpy as np
 
 from medground.errors import RunDirError
-from medground.outputs import refuse_link
+from medground.outputs import (
+    check_resumable,
+    check_writable_folder,
+    exclusive_lock,
+    free_space,
+    json_bytes,
+    npy_bytes,
+    read_json_settings,
+    refuse_link,
+    write_atomic,
+)
 
 RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
-LOCK_FILE = ".lock"
 PREVIEW_SIDE = 160
 
 
@@ -73,38 +82,10 @@ def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     run_file = refuse_link(folder / RUN_FILE)
     if not run_file.is_file():
         raise RunDirError(f"{folder} is not an evaluation run folder: no {RUN_FILE}")
-    try:
-        settings = json.loads(run_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{run_file} is not readable JSON: {exc}") from None
-    if not isinstance(settings, dict) or "method" not in settings:
+    settings = read_json_settings(run_file, "an evaluation run")
+    if "method" not in settings:
         raise RunDirError(f"{run_file} is not a run description (no 'method')")
     return settings, read_records(folder)
-
-
-def check_writable_folder(folder: Path) -> Path:
-    """Create ``folder`` if needed and prove it can be written, before any expensive work."""
-    folder = refuse_link(Path(folder))
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".medground-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(f"cannot write to {folder}: {exc.strerror or exc}") from None
-    return folder
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` in one step (a crash leaves the old file or the new one, never half of one)."""
-    refuse_link(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise RunDirError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def preview(heatmap: np.ndarray) -> np.ndarray:
@@ -115,28 +96,6 @@ def preview(heatmap: np.ndarray) -> np.ndarray:
 
 def preview_step(height: int, width: int) -> int:
     return max(1, int(np.ceil(max(height, width) / PREVIEW_SIDE)))
-
-
-@contextlib.contextmanager
-def exclusive_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder/.lock`` for the block (the OS releases it if the process dies), so that a
-    second writer of the same folder fails at once instead of writing everything twice."""
-    lock_path = refuse_link(Path(folder) / LOCK_FILE)
-    try:
-        handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the block)
-    except OSError as exc:
-        raise RunDirError(f"cannot write to {folder}: {exc.strerror or exc}") from None
-    with handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no flock on this platform: a second writer cannot be detected
-            pass
-        except OSError:
-            raise RunDirError(f"another medground run is writing to {folder} (it holds {lock_path}); wait for it "
-                              "or choose another --out") from None
-        yield
 
 
 class RunWriter:
@@ -160,10 +119,7 @@ class RunWriter:
                 raise RunDirError(f"{self.folder} already holds a run; pass --resume to continue it or choose "
                                   "another --out")
             previous, _ = read_run(self.folder)
-            changed = sorted(k for k in set(previous) | set(run_record) if previous.get(k) != run_record.get(k))
-            if changed:
-                details = "; ".join(f"{k}: {previous.get(k)!r} -> {run_record.get(k)!r}" for k in changed[:4])
-                raise RunDirError(f"cannot resume {self.folder}: its settings differ ({details})")
+            check_resumable(self.folder, previous, run_record)
         elif samples.is_file() and samples.stat().st_size:
             raise RunDirError(f"{samples} exists without {RUN_FILE}: not a run medground started; choose another --out")
         if samples.is_file():  # the writer alone may cut a torn last line, and only that
@@ -174,13 +130,14 @@ class RunWriter:
                 if intact and not data[:intact].endswith(b"\n"):  # a whole last record that lost its newline
                     handle.seek(intact)
                     handle.write(b"\n")
-        write_atomic(run_file, (json.dumps(run_record, indent=2) + "\n").encode())
+        write_atomic(run_file, json_bytes(run_record))
 
     def records(self) -> list[dict[str, Any]]:
         return read_records(self.folder)
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
-        """Append records with one write, then flush and fsync."""
+        """Append records with one write, then fsync; a failed write (a full disk) is cut back off, so the file
+        keeps only whole records."""
         payload = "".join(json.dumps(record) + "\n" for record in records).encode()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         try:
@@ -188,16 +145,23 @@ class RunWriter:
         except OSError as exc:
             raise RunDirError(f"cannot append to {self.folder / SAMPLES_FILE}: {exc.strerror or exc}") from None
         try:
-            os.write(descriptor, payload)
-            os.fsync(descriptor)
+            size = os.fstat(descriptor).st_size
+            try:
+                if os.write(descriptor, payload) != len(payload):
+                    raise OSError(28, "No space left on device (short write)")
+                os.fsync(descriptor)
+            except OSError as exc:
+                os.ftruncate(descriptor, size)
+                raise RunDirError(f"cannot append to {self.folder / SAMPLES_FILE}: {exc.strerror or exc} "
+                                  f"({free_space(self.folder)}); the records before are intact, --resume continues"
+                                  ) from None
         finally:
             os.close(descriptor)
 
     def save_preview(self, sample_id: str, heatmap: np.ndarray) -> None:
         folder = refuse_link(self.folder / "previews")
         folder.mkdir(exist_ok=True)
-        with open(folder / f"{sample_id}.npy", "wb") as handle:
-            np.save(handle, preview(heatmap))
+        write_atomic(folder / f"{sample_id}.npy", npy_bytes(preview(heatmap)))
 
-    def write_text(self, name: str, text: str) -> None:
-        write_atomic(self.folder / name, text.encode())
+    def write(self, name: str, data: bytes) -> None:
+        write_atomic(self.folder / name, data)

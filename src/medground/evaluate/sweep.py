@@ -18,7 +18,8 @@ from typing import Any
 from medground.datasets.base import DatasetLoad
 from medground.errors import ConfigError
 from medground.evaluate.runner import run_evaluation
-from medground.evaluate.store import RunWriter, write_atomic
+from medground.evaluate.store import RunWriter
+from medground.outputs import json_bytes, read_json_settings, write_atomic
 
 RANK_SCORE = "auroc_exact + miou + 0.1 * cnr"
 """The validation score the toy models were chosen by (toy.ship), used to rank a sweep."""
@@ -40,32 +41,55 @@ def score(metrics: dict[str, float]) -> float:
     return metrics["auroc_exact"] + metrics["miou"] + 0.1 * metrics["cnr"]
 
 
+def check_sweep_dataset(load: DatasetLoad) -> None:
+    """A sweep chooses settings, so on phantoms it runs on the validation seeds only, never on evaluation seeds."""
+    from medground.datasets.phantoms import VALIDATION_SEEDS
+
+    seed, n = load.source.get("seed"), load.source.get("n")
+    if seed is not None and (seed not in VALIDATION_SEEDS or seed + n - 1 not in VALIDATION_SEEDS):
+        raise ConfigError(f"a sweep chooses settings, so on phantoms it runs on the validation seeds "
+                          f"{VALIDATION_SEEDS.start}..{VALIDATION_SEEDS.stop - 1} only (never evaluation seeds); "
+                          f"got {seed}..{seed + n - 1}")
+
+
 def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], grid: dict[str, Sequence[Any]],
               out: Path, run_record: dict[str, Any], resume: bool = False, progress: bool = True) -> list[dict]:
-    """Evaluate the LDM with ``base`` + each combination of ``grid``; returns rows ranked best first."""
+    """Evaluate the LDM with ``base`` + each combination of ``grid``; returns rows ranked best first.
+
+    Args:
+        load: the dataset (on phantoms, validation seeds only: ``check_sweep_dataset``).
+        model: the loaded model every combination runs on.
+        preset: the recipe the base and the grid modify.
+        base: settings every combination shares (``--set`` / ``--config``).
+        grid: each setting and its values; the combinations are their product.
+        out: the sweep folder (one run folder per combination).
+        run_record: what every combination's ``run.json`` records besides its settings.
+        resume: continue an interrupted sweep (finished combinations are only read).
+        progress: show progress bars.
+    """
+    from medground.grounder import resolve_config
     from medground.methods import MethodOptions, make_method
 
     out = Path(out)
     rows, skipped = [], []
-    methods = {}
-    for settings in combinations(grid):  # every combination is resolved against the model before any runs
+    configs = {}
+    for settings in combinations(grid):  # every combination is resolved against the model once, before any runs
         try:
-            methods[combination_name(settings)] = make_method(
-                "ldm", MethodOptions(model=model, preset=preset, overrides={**base, **settings}))
+            configs[combination_name(settings)] = resolve_config(model, preset, {**base, **settings})
         except ConfigError as exc:
             skipped.append({"settings": settings, "reason": str(exc)})
     for settings in combinations(grid):
-        if combination_name(settings) not in methods:
+        config = configs.get(combination_name(settings))
+        if config is None:
             continue
         folder = out / combination_name(settings)
         row_file = folder / "sweep_row.json"
         if resume and row_file.is_file():
-            rows.append(json.loads(row_file.read_text()))
+            rows.append(read_json_settings(row_file, "a sweep row"))
             continue
-        overrides = {**base, **settings}
-        method = methods[combination_name(settings)]
-        record = {**run_record, "method": "ldm", "preset": preset, "overrides": overrides,
-                  "config": method.grounder.config.to_dict()}
+        method = make_method("ldm", MethodOptions(model=model, config=config))
+        record = {**run_record, "method": "ldm", "preset": preset, "overrides": {**base, **settings},
+                  "config": config.to_dict()}
         started = time.perf_counter()
         summary = run_evaluation(load, method, RunWriter(folder), record, resume=resume, progress=progress)
         pooled = summary["pooled"]
@@ -74,13 +98,12 @@ def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], 
                "score": score(metrics), "n_samples": summary["n_samples"],
                "unet_evaluations_per_phrase": sum(method.grounder.unet_evaluations.values()) / len(load.samples),
                "seconds_per_phrase": (time.perf_counter() - started) / len(load.samples)}
-        write_atomic(row_file, (json.dumps(row, indent=2) + "\n").encode())
+        write_atomic(row_file, json_bytes(row))
         rows.append(row)
     if not rows:
         raise ConfigError(f"no combination of the grid fits the model: {skipped[0]['reason'] if skipped else ''}")
     ranked = sorted(rows, key=lambda row: -row["score"])
-    document = {"rank_score": RANK_SCORE, "rows": ranked, "skipped": skipped}
-    write_atomic(out / "sweep.json", (json.dumps(document, indent=2) + "\n").encode())
+    write_atomic(out / "sweep.json", json_bytes({"rank_score": RANK_SCORE, "rows": ranked, "skipped": skipped}))
     write_atomic(out / "sweep.md", (sweep_table(ranked, skipped) + "\n").encode())
     return ranked
 
@@ -120,6 +143,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         if key.strip() in grid:
             raise ConfigError(f"--grid {key.strip()} is given twice; list all its values in one --grid "
                               f"{key.strip()}=V1,V2")
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise ConfigError(f"--grid {key.strip()} lists {repeated[0]!r} more than once; each value is one "
+                              "combination")
         grid[key.strip()] = values
     return grid
 

@@ -7,7 +7,7 @@ Every method class has a ``name``, a ``from_options(name, options)`` constructor
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 METHODS: dict[str, str] = {
@@ -23,14 +23,19 @@ METHODS: dict[str, str] = {
 training matter?). uniform / centre / prior: position-only baselines. biovil / biovil-t: contrastive baselines."""
 
 
+MODEL_METHODS = ("ldm", "untrained")
+"""Methods that run a latent diffusion model (and so take a model and a grounding config)."""
+
+
 @dataclass(frozen=True)
 class MethodOptions:
     """What a method may need; each method reads only its own fields."""
 
     model: Any = "toy"
     """A model name or folder, or a loaded Backbone (reused as is)."""
-    preset: str = "paper"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    config: Any = None
+    """The grounding config, resolved against the model once by the caller (``grounder.resolve_config``); None: the
+    ``paper`` preset. Workers get it resolved, never a preset name."""
     device: str = "cpu"
     precision: str = "fp32"
     text_encoder: str | None = None

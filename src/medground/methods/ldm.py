@@ -22,14 +22,13 @@ class LdmMethod:
     @classmethod
     def from_options(cls, name: str, options) -> LdmMethod:
         from medground.backbones.base import Backbone
-        from medground.backbones.model_dir import load_model
+        from medground.loading import load_model
 
         model = options.model if isinstance(options.model, Backbone) else \
             load_model(options.model, device=options.device, text_encoder=options.text_encoder)
         if name == "untrained":
             model = model.untrained(options.untrained_seed)
-        grounder = Grounder(model, options.preset, overrides=options.overrides, precision=options.precision,
-                            batch_size=options.batch_size)
+        grounder = Grounder(model, options.config, precision=options.precision, batch_size=options.batch_size)
         return cls(name, grounder)
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:

@@ -49,8 +49,8 @@ class CentreMethod(_PositionPrior):
 @lru_cache(maxsize=1)
 def phantom_box_prior() -> np.ndarray:
     """Mean box mask over the phantom validation seeds, peak 1 (64 x 64)."""
+    from medground.datasets.phantoms import SIZE, VALIDATION_SEEDS, generate_phantom
     from medground.metrics import box_union_mask
-    from medground.toy.phantoms import SIZE, VALIDATION_SEEDS, generate_phantom
 
     total = np.zeros((SIZE, SIZE), dtype=np.float64)
     for seed in VALIDATION_SEEDS:

@@ -18,29 +18,24 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from medground.readout.aggregate import upsample
-
-
-def _unit(values: torch.Tensor) -> torch.Tensor:
-    low, high = values.amin(dim=(-2, -1), keepdim=True), values.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(high > low, (values - low) / (high - low).clamp_min(1e-12), torch.zeros_like(values))
+from medground.readout.maps import min_max, resize_square
 
 
 def _eight_bit(values: torch.Tensor) -> np.ndarray:
-    return np.round(_unit(values).numpy() * 255).astype(np.uint8)
+    return np.round(min_max(values).numpy() * 255).astype(np.uint8)
 
 
 def merge_biases(activation: torch.Tensor, image_bias: dict[str, list[torch.Tensor]],
                  text_bias: dict[str, list[torch.Tensor]]) -> torch.Tensor:
     """(P, S, S) activation and per-layer, per-position biases -> (P, S, S) merged map in [0, 1]."""
     side = activation.shape[-1]
-    pairs = [(upsample(i, side, "nearest"), upsample(t, side, "nearest"))
+    pairs = [(resize_square(i, side, "nearest"), resize_square(t, side, "nearest"))
              for layer in image_bias for i, t in zip(image_bias[layer], text_bias[layer])]
     merged = torch.stack([i @ t for i, t in pairs]).mean(dim=0)
     image_mean = torch.stack([i for i, _ in pairs]).mean(dim=0)
     text_mean = torch.stack([t for _, t in pairs]).mean(dim=0)
     m = torch.from_numpy(_eight_bit(merged).astype(np.float32) / 255.0)  # G2G rounds M through 8 bits
-    a = _unit(activation.float())
+    a = min_max(activation.float())
     out = []
     for row in range(activation.shape[0]):
         s = max(0.0, float(structural_similarity(_eight_bit(image_mean[row]), _eight_bit(text_mean[row]))))

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 from scipy import ndimage
 
-
-@dataclass(frozen=True)
-class GroundedBox:
-    """A predicted box (x, y, w, h in pixels) around one connected region of the mask."""
-
-    x: int
-    y: int
-    w: int
-    h: int
-    score: float
-    """Mean heatmap value inside the region."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from medground.results import GroundedBox
 
 
 def boxes_from_mask(mask: np.ndarray, heatmap: np.ndarray) -> list[GroundedBox]:

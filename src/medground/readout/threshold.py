@@ -12,16 +12,11 @@ thresholded value).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
-
-def normalise_01(values: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1]; a constant map becomes all zeros (instead of the official 0/0 NaN)."""
-    low, high = np.nanmin(values), np.nanmax(values)
-    if not high > low:
-        return np.zeros_like(values)
-    return (values - low) / (high - low)
+from medground.readout.maps import min_max
 
 
 def gmm_threshold(values: np.ndarray) -> float:
@@ -46,7 +41,7 @@ def smooth_and_threshold(heatmap: np.ndarray, sigma: float, threshold: str) -> t
     the mask is every pixel above zero.
     """
     smoothed = ndimage.gaussian_filter(heatmap.astype(np.float32), sigma=sigma) if sigma > 0 else heatmap
-    normalised = normalise_01(smoothed.astype(np.float32))
+    normalised = min_max(torch.from_numpy(np.ascontiguousarray(smoothed, dtype=np.float32))).numpy()
     if normalised.max() <= 0:
         return normalised, np.zeros(normalised.shape, dtype=bool)
     if threshold == "none":

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from medground.errors import ExtraNotInstalledError, ReportError
+from medground.results import Mention
 
 
 def _word_set(words: str) -> frozenset[str]:
@@ -196,38 +197,24 @@ def report_pipeline():
     return nlp
 
 
-@dataclass(frozen=True)
-class Mention:
-    """One finding mention in a report."""
+def dropped_reason(status: str, section: str | None) -> str:
+    """Why a mention is not grounded (empty when it is): its status, or a section that describes the request."""
+    if status not in KEPT_STATUSES:
+        return status
+    return f"{section} section" if section in REQUEST_SECTIONS else ""
 
-    text: str
-    """The finding as written, whitespace collapsed, e.g. "small left pleural effusion"; this is what gets grounded."""
-    label: str
-    """The finding it names (a key of FINDING_HEADS), e.g. "pleural effusion"."""
-    status: str
-    """positive, uncertain, negated, hypothetical, historical or family (ConText)."""
-    sentence: str
-    section: str | None
-    """The report section (findings, impression, indication, ...) or None before the first header."""
-    start: int
-    """Character offset of the mention in the report."""
 
-    @property
-    def kept(self) -> bool:
-        """Whether the mention asserts something visible in the image, so it is grounded."""
-        return self.status in KEPT_STATUSES and self.section not in REQUEST_SECTIONS
+MAX_REPORT_BYTES = 100_000
+"""A chest X-ray report is a few thousand characters (MIMIC-CXR's longest are under 10 KB)."""
+MAX_REPORT_BYTES_ENV = "MEDGROUND_MAX_REPORT_BYTES"
 
-    @property
-    def reason(self) -> str:
-        """Why a mention is dropped (empty when it is kept)."""
-        if self.kept:
-            return ""
-        if self.status not in KEPT_STATUSES:
-            return self.status
-        return f"{self.section} section"
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+def read_report(source: str | Path) -> str:
+    """A report from a UTF-8 file (a byte-order mark is accepted), or from standard input for ``-``."""
+    from medground.text_input import env_limit, read_text
+
+    limit = env_limit(MAX_REPORT_BYTES_ENV, MAX_REPORT_BYTES, ReportError)
+    return read_text(source, "report", ReportError, limit, f"; set {MAX_REPORT_BYTES_ENV} to read a longer one")
 
 
 def read_mentions(report: str) -> list[Mention]:
@@ -242,7 +229,7 @@ def read_mentions(report: str) -> list[Mention]:
         status = next((name for name, attribute in STATUS_ATTRIBUTES if getattr(span._, attribute)), "positive")
         mentions.append(Mention(text=" ".join(span.text.split()), label=span.label_, status=status,
                                 sentence=" ".join(span.sent.text.split()), section=span[0]._.section_category,
-                                start=span.start_char))
+                                start=span.start_char, reason=dropped_reason(status, span[0]._.section_category)))
     return mentions
 
 

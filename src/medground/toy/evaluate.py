@@ -11,24 +11,47 @@ from collections.abc import Sequence
 from typing import Any
 
 from medground.datasets import load_dataset
+from medground.datasets.phantoms import TRAINING_SEEDS, VALIDATION_SEEDS
 from medground.evaluate.report import summarise
 from medground.evaluate.runner import MemoryStore, evaluate
 from medground.methods import MethodOptions, make_method
+from medground.toy import TOY_METHODS
 
-TOY_METHODS = ("ldm", "uniform", "centre", "prior", "untrained")
 TABLE_METRICS = ("miou", "auroc", "auroc_exact", "cnr")
+
+
+def held_out_warning(seed: int, n: int) -> str | None:
+    """What to say when seeds ``seed .. seed + n - 1`` overlap the seeds the toys were trained or chosen on."""
+    seeds = range(seed, seed + n)
+    for name, used in (("training", TRAINING_SEEDS), ("validation", VALIDATION_SEEDS)):
+        if seeds.start < used.stop and used.start < seeds.stop:
+            return (f"seeds {seeds.start}..{seeds.stop - 1} overlap the {name} seeds {used.start}..{used.stop - 1}; "
+                    "this is not a held-out evaluation")
+    return None
 
 
 def evaluate_toy(model: Any, seed: int, n: int, methods: Sequence[str] = TOY_METHODS, preset: str = "paper",
                  overrides: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Ground every finding phrase of phantoms ``seed .. seed + n - 1`` with each method and score them.
 
-    ``model``: a loaded model or a name/path; ``preset`` and ``overrides`` apply to ``ldm`` and ``untrained``.
+    Args:
+        model: a loaded model, or a name or folder.
+        seed: the first phantom seed (keep clear of the training and validation seeds: ``held_out_warning``).
+        n: how many phantoms.
+        methods: keys of ``TOY_METHODS``.
+        preset: the recipe of ``ldm`` and ``untrained``.
+        overrides: settings on top of it; preset and overrides are resolved against the model once.
+        device: where a model named by ``model`` is loaded.
     """
+    from medground.backbones.base import Backbone
+    from medground.grounder import resolve_config
+    from medground.loading import load_model
+
     load = load_dataset("phantoms", seed=seed, n=n)
     report: dict[str, Any] = {"seed": seed, "n_images": n, "n_phrases": len(load.samples), "methods": {}}
-    options = MethodOptions(model=model, preset=preset, overrides=dict(overrides or {}), device=device,
-                            batch_size=16)
+    if not isinstance(model, Backbone):
+        model = load_model(model, device=device)
+    options = MethodOptions(model=model, config=resolve_config(model, preset, overrides), batch_size=16)
     for name in methods:
         method = make_method(name, options)
         started = time.perf_counter()

@@ -18,10 +18,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medground.backbones.model_dir import MODEL_FILE, load_model
+from medground.backbones.model_dir import MODEL_FILE
+from medground.datasets.phantoms import VALIDATION_SEEDS
 from medground.evaluate.sweep import RANK_SCORE, score
+from medground.loading import load_model
 from medground.toy.evaluate import evaluate_toy
-from medground.toy.phantoms import VALIDATION_SEEDS
 
 WINDOWS = [(10, 40), (0, 20), (10, 30), (20, 40), (60, 80), (10, 80), (30, 80)]
 """Windows of the 100-step trailing grid the toys use (positions 10..39 cover t = 109..399)."""

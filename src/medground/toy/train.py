@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from medground.backbones.base import Backbone, NoiseSchedule
-from medground.toy.phantoms import SIZE, generate_phantom, phantom_vocabulary
+from medground.datasets.phantoms import SIZE, generate_phantom, phantom_vocabulary
 from medground.toy.tokenizer import build_clip_tokenizer
 
 TRAIN_SEED_OFFSET = 0
@@ -175,7 +175,7 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
     out_dir.mkdir(parents=True, exist_ok=True)
     first_seed = TRAIN_SEED_OFFSET
     if init_from is not None:
-        from medground.backbones.model_dir import load_model
+        from medground.loading import load_model
 
         backbone = load_model(init_from)
         for network in (backbone.unet, backbone.text_encoder):
