@@ -79,7 +79,7 @@ def methods(repos):
 
 
 def independent_map(method, path, phrase: str, crop: int) -> np.ndarray:
-    """Plain re-implementation of method.md section 9 with PIL, torch and scipy; only the networks are shared."""
+    """Plain re-implementation of docs/method.md section 9 with PIL, torch and scipy; only the networks are shared."""
     pixels = np.asarray(Image.open(path)).astype(float)
     pixels = ((pixels - pixels.min()) / (pixels - pixels.min()).max() * 255).astype(np.uint8)
     image = Image.fromarray(pixels).convert("L")

@@ -1,4 +1,4 @@
-"""Metrics on hand-computed cases (method.md section 7 and the official evaluation code)."""
+"""Metrics on hand-computed cases (docs/method.md section 7 and the official evaluation code)."""
 
 from __future__ import annotations
 

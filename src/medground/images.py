@@ -7,11 +7,11 @@ orientation is applied, so a photo of a film taken on its side reads upright, as
 
 from __future__ import annotations
 
-import contextlib
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +27,7 @@ TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 """EXIF orientations that swap width and height."""
 
 ImageInput = str | Path | Image.Image | np.ndarray
+T = TypeVar("T")
 
 
 def read_image(image: ImageInput) -> np.ndarray:
@@ -73,18 +74,23 @@ def _too_large(path: Path, pixels: int, limit: int) -> ImageError:
                       "to a larger pixel count")
 
 
-@contextlib.contextmanager
-def _pil_limits(path: Path) -> Iterator[None]:
-    """PIL's decompression-bomb warning and error both become an ImageError that says how to lift the limit."""
+def _with_pil(path: Path, read: Callable[[Image.Image], T]) -> T:
+    """``read`` applied to ``path`` opened by PIL under the pixel limit; a decompression bomb is an ImageError that
+    says how to lift the limit, an unreadable file one that says what was expected."""
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_image_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
+            with Image.open(path) as opened:
+                return read(opened)
+    except ImageError:
+        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path}: {exc}. If you trust this file, raise the limit: set {MAX_PIXELS_ENV} to a larger "
                          "pixel count") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
     finally:
         Image.MAX_IMAGE_PIXELS = saved
 
@@ -102,14 +108,12 @@ def image_size(path: Path) -> tuple[int, int]:
     if _is_dicom(path):
         header = _dicom_header(path)
         return int(header.Columns), int(header.Rows)
-    try:
-        with _pil_limits(path), Image.open(path) as opened:
-            width, height = opened.size
-            if opened.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
-                return height, width
-            return width, height
-    except (UnidentifiedImageError, OSError) as exc:
-        raise _unreadable(path, exc) from exc
+    return _with_pil(path, _oriented_size)
+
+
+def _oriented_size(opened: Image.Image) -> tuple[int, int]:
+    width, height = opened.size
+    return (height, width) if opened.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS else (width, height)
 
 
 def _check_regular_file(path: Path) -> None:
@@ -141,19 +145,19 @@ def _dicom_header(path: Path):
 
 
 def _read_path(path: Path) -> np.ndarray:
-    check_image_file(path)
+    """One opening of the file: DICOM through pydicom, everything else through PIL."""
+    _check_regular_file(path)
     if _is_dicom(path):
         return _read_dicom(path)
-    try:
-        with _pil_limits(path), Image.open(path) as opened:
-            if getattr(opened, "n_frames", 1) > 1:
-                raise ImageError(f"{path} holds {opened.n_frames} frames; a single 2-D image is expected")
-            opened.load()
-            return _pil_to_unit(ImageOps.exif_transpose(opened), str(path))
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise _unreadable(path, exc) from exc
+    return _with_pil(path, _decoded)
+
+
+def _decoded(opened: Image.Image) -> np.ndarray:
+    name = str(opened.filename)
+    if getattr(opened, "n_frames", 1) > 1:
+        raise ImageError(f"{name} holds {opened.n_frames} frames; a single 2-D image is expected")
+    opened.load()
+    return _pil_to_unit(ImageOps.exif_transpose(opened), name)
 
 
 def _unreadable(path: Path, exc: Exception) -> ImageError:

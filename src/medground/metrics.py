@@ -1,6 +1,6 @@
 """Per-sample grounding metrics on original-size heatmaps (NaN = outside the model's crop).
 
-Definitions follow the official evaluation code of Vilouras et al. (method.md section 7). Boxes are
+Definitions follow the official evaluation code of Vilouras et al. (docs/method.md section 7). Boxes are
 (x, y, w, h) in heatmap pixels; a box covers rows [y, y + h) and columns [x, x + w) (rounded half up
 for non-integer boxes, clipped to the image). Aggregation over samples lives in ``aggregate``.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from medground.errors import BoxError
+from medground.errors import BoxError, ConfigError, ImageError
 from medground.geometry import box_pixel_slices
 from medground.results import Box
 
@@ -22,7 +22,7 @@ DEFAULT_IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 def _check(heatmap: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
     heatmap = np.asarray(heatmap, dtype=np.float64)
     if heatmap.ndim != 2:
-        raise ValueError(f"heatmap must be 2-D, got shape {heatmap.shape}")
+        raise ImageError(f"heatmap must be 2-D, got shape {heatmap.shape}")
     if len(boxes) == 0:
         raise BoxError("at least one box is needed")
     return heatmap
@@ -96,7 +96,7 @@ def auroc(heatmap: np.ndarray, boxes: Sequence[Box], bins: int | None = 5) -> fl
         ranks = rankdata(scores)
         return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
     if bins < 2:
-        raise ValueError(f"bins must be >= 2 or None, got {bins}")
+        raise ConfigError(f"bins must be >= 2 or None, got {bins}")
     thresholds = np.linspace(0.0, 1.0, bins)[::-1]
     tp = np.array([0.0] + [float(((scores >= t) & labels).sum()) for t in thresholds])
     fp = np.array([0.0] + [float(((scores >= t) & ~labels).sum()) for t in thresholds])

@@ -132,16 +132,9 @@ def json_bytes(document: Any) -> bytes:
 
 def read_json_settings(path: Path, what: str) -> dict[str, Any]:
     """A run's settings file: a JSON object, or a RunDirError naming the file."""
-    from medground.text_input import loads_json
+    from medground.text_input import read_json_object
 
-    try:
-        text = refuse_link(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} is not readable: {exc}") from None
-    settings = loads_json(text, str(path), RunDirError)
-    if not isinstance(settings, dict):
-        raise RunDirError(f"{path} does not describe {what}")
-    return settings
+    return read_json_object(refuse_link(path), what, RunDirError)
 
 
 def check_resumable(folder: Path, previous: dict[str, Any], current: dict[str, Any]) -> None:

@@ -159,6 +159,15 @@ def loads_json(text: str, where: str, error: type[MedgroundError], max_depth: in
         raise error(f"{where} is not readable JSON: {exc}") from None
 
 
+def read_json_object(path: Path, what: str, error: type[MedgroundError], max_bytes: int = 16_000_000) -> dict:
+    """A JSON object from a file (``model.json``, ``run.json``, a component's ``config.json``), every failure
+    ``error`` naming the file."""
+    data = loads_json(read_text(path, what, error, max_bytes), str(path), error)
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object ({what}), found {type(data).__name__}")
+    return data
+
+
 def clean_text(text: str) -> str:
     """Control and zero-width characters removed, non-breaking spaces made plain spaces (see above)."""
     return _INVISIBLE.sub("", _WIDE_SPACES.sub(" ", text))

@@ -1,6 +1,6 @@
 """``medground import-diffusers``: a diffusers pipeline (folder or hub id) -> a medground model directory.
 
-Every component is loaded strictly first (the same code ``load_model`` runs), then written in the diffusers layout
+Every component is loaded strictly first (the same code loading a model runs), then written in the diffusers layout
 beside a ``model.json`` that records the SHA-256 of every source weight file, where it came from, the family's
 default layers for this UNet, and the data-use terms the user must honour. ``--unet`` and ``--text-encoder`` swap in
 components from elsewhere: Generate-to-Ground's model is SD-1.5's VAE and scheduler + its own UNet + CXR-BERT.
@@ -16,6 +16,7 @@ from typing import Any
 from medground.backbones.diffusers import (
     PIPELINE_FILE,
     TEXT_CLASSES,
+    DiffusersBackbone,
     load_component,
     save_diffusers_model,
     spec_from_pipeline,
@@ -26,6 +27,7 @@ from medground.backbones.model_dir import (
     load_text_part,
     parse_source,
     read_json_object,
+    read_spec,
     sha256_of,
 )
 from medground.errors import ModelLoadError
@@ -113,9 +115,8 @@ def import_diffusers(source: str, out: Path, unet: str | None = None, text_encod
                          text_parts["tokenizer"])
     (out / "scheduler").mkdir(exist_ok=True)
     shutil.copy(base / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
-    from medground.loading import load_model
-
-    model = load_model(out)  # the directory must load, and the defaults are those of the loaded UNet
+    # the directory must load, and the defaults are those of the loaded UNet
+    model = DiffusersBackbone.from_spec(out, read_spec(out), None)
     written = json.loads((out / MODEL_FILE).read_text())
     written["grounding_defaults"] = {"cross_attention_layers": model.layers_at_quarter_resolution()}
     (out / MODEL_FILE).write_text(json.dumps(written, indent=2) + "\n")

@@ -62,16 +62,10 @@ def sha256_of(path: Path) -> str:
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    from medground.text_input import loads_json
+    """A model's JSON file (``model.json``, a component's ``config.json``), checked to be an object."""
+    from medground.text_input import read_json_object as read_object
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not readable JSON: {exc}") from exc
-    data = loads_json(text, str(path), ModelLoadError)
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object, found {type(data).__name__}")
-    return data
+    return read_object(path, "model description", ModelLoadError)
 
 
 def read_spec(model_dir: Path) -> dict[str, Any]:

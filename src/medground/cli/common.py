@@ -7,6 +7,7 @@ plain data.
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,20 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-positive_int, non_negative_int = int_at_least(1), int_at_least(0)
+at_least_1, at_least_0 = int_at_least(1), int_at_least(0)
+
+
+def command(commands: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int],
+            parents: tuple[argparse.ArgumentParser, ...] = (), description: str | None = None
+            ) -> argparse.ArgumentParser:
+    """A subcommand whose help is its handler's docstring: the first line is its line in ``medground --help``, the
+    rest heads its own ``--help`` (unless ``description`` is given)."""
+    summary, _, rest = inspect.cleandoc(run.__doc__ or "").partition("\n\n")
+    summary = summary.rstrip(".")
+    parser = commands.add_parser(name, parents=list(parents), help=summary[:1].lower() + summary[1:],
+                                 description=description or " ".join(rest.split()) or summary)
+    parser.set_defaults(func=run)
+    return parser
 
 
 def quiet_transformers() -> None:
@@ -91,9 +105,9 @@ def engine_flags() -> argparse.ArgumentParser:
                        "CPU actors (needs medground[ray])")
     group.add_argument("--address", default=None, help="ray: address of an existing cluster (auto, host:6379, "
                        "ray://host:10001); default: start a local one for this run")
-    group.add_argument("--workers", type=positive_int, default=None,
+    group.add_argument("--workers", type=at_least_1, default=None,
                        help="ray: actors (default: the cluster's GPUs, or its CPUs / --worker-threads)")
-    group.add_argument("--worker-threads", type=positive_int, default=1, help="ray: CPUs per CPU actor (default 1)")
+    group.add_argument("--worker-threads", type=at_least_1, default=1, help="ray: CPUs per CPU actor (default 1)")
     return parent
 
 

@@ -6,47 +6,31 @@ import argparse
 import sys
 from pathlib import Path
 
-from medground.cli.common import Parents, cluster_of, config_of, model_of, non_negative_int, overrides_of, positive_int
+from medground.cli.common import Parents, at_least_0, at_least_1, cluster_of, command, config_of, model_of, overrides_of
 from medground.datasets import DATASETS
 from medground.methods import METHODS
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
-    evaluate = commands.add_parser(
-        "eval", parents=[parents["model"], parents["engine"]],
-        help="evaluate a method on a dataset (resumable) and write paper-style tables",
-        description="Run METHOD over every sample of a dataset. RUN_DIR/samples.jsonl gets one line per sample as "
-        "it goes (use --resume after an interruption; one run per folder at a time); then summary.json/.md/.csv (per "
-        "class mean and std, and the paper's headline: the unweighted mean over classes +- std across classes) and "
-        "contact_sheet.png.")
+    evaluate = command(commands, "eval", run_eval, parents=(parents["model"], parents["engine"]))
     _dataset_flags(evaluate, "held-out phantoms: first seed (default 123456789)")
     evaluate.add_argument("--method", required=True, choices=list(METHODS))
     evaluate.add_argument("--biovil-weights", default=None, metavar="DIR|HUB-ID[@REV]",
                           help="biovil, biovil-t: a local copy of the weights repository or another hub repo "
                           "(default: the official one)")
-    evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
+    evaluate.add_argument("--limit", type=at_least_1, default=None, help="only the first N samples")
     evaluate.add_argument("--out", type=Path, required=True, help="run folder")
     evaluate.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    evaluate.set_defaults(func=run_eval)
 
-    sweep = commands.add_parser(
-        "sweep", parents=[parents["model"]], help="evaluate a grid of read-out settings and rank them (resumable)",
-        description="Evaluate the LDM with the preset and --set settings plus every combination of the --grid values "
-        "on a dataset (phantoms: the validation seeds only), and write a ranked table (mIoU, AUROC, CNR, "
-        "discrimination, UNet evaluations, seconds). Each combination is a run folder; --resume continues.")
+    sweep = command(commands, "sweep", run_sweep, parents=(parents["model"],))
     _dataset_flags(sweep, "phantoms: first validation seed (default 5000000)", default="phantoms")
     sweep.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                        help="a setting and its values (repeatable; the grid is their product)")
     sweep.add_argument("--out", type=Path, required=True, help="sweep folder")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
-    sweep.set_defaults(func=run_sweep)
 
-    compare = commands.add_parser(
-        "compare", help="compare evaluation runs side by side",
-        description="Per class and overall means of several runs on the samples they share, with paired differences "
-        "to the first run. Reads the runs, never changes them.")
+    compare = command(commands, "compare", run_compare)
     compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    compare.set_defaults(func=run_compare)
 
 
 def _dataset_flags(parser: argparse.ArgumentParser, seed_help: str, default: str | None = None) -> None:
@@ -54,11 +38,18 @@ def _dataset_flags(parser: argparse.ArgumentParser, seed_help: str, default: str
     parser.add_argument("--root", type=Path, default=None, help="image root of a file dataset (MIMIC-CXR-JPG for "
                         "ms-cxr)")
     parser.add_argument("--csv", type=Path, default=None, help="annotation CSV (default: looked up in --root)")
-    parser.add_argument("--seed", type=non_negative_int, default=None, help=seed_help)
-    parser.add_argument("--n", type=positive_int, default=None, help="phantoms: number of phantoms (default 40)")
+    parser.add_argument("--seed", type=at_least_0, default=None, help=seed_help)
+    parser.add_argument("--n", type=at_least_1, default=None, help="phantoms: number of phantoms (default 40)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate a method on a dataset (resumable) and write paper-style tables.
+
+    Run METHOD over every sample of a dataset. RUN_DIR/samples.jsonl gets one line per sample as it goes (use
+    --resume after an interruption; one run per folder at a time); then summary.json/.md/.csv (per class mean
+    and std, and the paper's headline: the unweighted mean over classes +- std across classes) and
+    contact_sheet.png.
+    """
     from medground.cluster import ray_executor
     from medground.datasets import load_dataset
     from medground.datasets.phantoms import HELD_OUT_SEED
@@ -92,6 +83,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    """Evaluate a grid of read-out settings and rank them (resumable).
+
+    Evaluate the LDM with the preset and --set settings plus every combination of the --grid values on a dataset
+    (phantoms: the validation seeds only), and write a ranked table (mIoU, AUROC, CNR, discrimination, UNet
+    evaluations, seconds). Each combination is a run folder; --resume continues.
+    """
     from medground.datasets import load_dataset
     from medground.datasets.phantoms import VALIDATION_SEEDS
     from medground.evaluate.sweep import check_sweep_dataset, parse_grid, run_sweep
@@ -111,6 +108,11 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    """Compare evaluation runs side by side.
+
+    Per class and overall means of several runs on the samples they share, with paired differences to the first
+    run. Reads the runs, never changes them.
+    """
     from medground.evaluate.report import compare_runs
 
     print(compare_runs(args.runs))

@@ -6,36 +6,28 @@ import argparse
 import sys
 from pathlib import Path
 
-from medground.cli.common import Parents, config_of, model_of
+from medground.cli.common import Parents, command, config_of, model_of
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
-    ground = commands.add_parser(
-        "ground", parents=[parents["model"]], help="ground phrases in one image and write heatmaps, overlays, JSON",
-        description="Ground each PHRASE in IMAGE. Per phrase writes to --out, under a name unique to (image, phrase, "
-        "model, settings): the original-size heatmap (.npy, NaN outside the model's centre crop), an overlay (.png) "
-        "and a JSON with boxes, scores, timings and the effective config.")
+    ground = command(commands, "ground", run_ground, parents=(parents["model"],))
     ground.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
     ground.add_argument("phrases", nargs="+", metavar="PHRASE", help="one or more report phrases")
     ground.add_argument("--out", type=Path, required=True, help="output folder")
-    ground.set_defaults(func=run_ground)
 
-    report = commands.add_parser(
-        "report", parents=[parents["model"]], help="ground every positive finding of a radiology report in one image",
-        description="Read the report's sentences and finding mentions (medspaCy: sentence splitter, sections, ConText "
-        "negation and uncertainty), keep the positive and uncertain findings (uncertain ones flagged), drop negated, "
-        "hypothetical and historical ones and those of the indication/history/comparison sections, and ground every "
-        "kept finding with one shared inversion of IMAGE. Writes to --out: one heatmap per finding (.npy), an "
-        "overlay of all findings with a legend (.png) and a JSON of everything, including what was not grounded "
-        "and why, under names unique to (image, report, model, settings). English reports only. Needs "
-        "medground[reports].")
+    report = command(commands, "report", run_report, parents=(parents["model"],))
     report.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
     report.add_argument("--report", required=True, metavar="FILE|-", help="the report as UTF-8 text; - reads stdin")
     report.add_argument("--out", type=Path, required=True, help="output folder")
-    report.set_defaults(func=run_report)
 
 
 def run_ground(args: argparse.Namespace) -> int:
+    """Ground phrases in one image and write heatmaps, overlays, JSON.
+
+    Ground each PHRASE in IMAGE. Per phrase writes to --out, under a name unique to (image, phrase, model,
+    settings): the original-size heatmap (.npy, NaN outside the model's centre crop), an overlay (.png) and a
+    JSON with boxes, scores, timings and the effective config.
+    """
     from medground.geometry import prepare_pixels
     from medground.grounder import Grounder
     from medground.images import read_image
@@ -58,6 +50,15 @@ def run_ground(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """Ground every positive finding of a radiology report in one image.
+
+    Read the report's sentences and finding mentions (medspaCy: sentence splitter, sections, ConText negation
+    and uncertainty), keep the positive and uncertain findings (uncertain ones flagged), drop negated,
+    hypothetical and historical ones and those of the indication/history/comparison sections, and ground every
+    kept finding with one shared inversion of IMAGE. Writes to --out: one heatmap per finding (.npy), an overlay
+    of all findings with a legend (.png) and a JSON of everything, including what was not grounded and why,
+    under names unique to (image, report, model, settings). English reports only. Needs medground[reports].
+    """
     from medground.geometry import prepare_pixels
     from medground.grounder import Grounder
     from medground.images import read_image

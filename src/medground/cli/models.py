@@ -6,32 +6,20 @@ import argparse
 import json
 from pathlib import Path
 
-from medground.cli.common import Parents, quiet_transformers
+from medground.cli.common import Parents, command, quiet_transformers
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
-    models = commands.add_parser("models", help="list the model names load_model knows, with their family",
-                                 description="List the model names load_model resolves without a path (the models "
-                                 "shipped in the package), with their family, input size and folder.")
-    models.set_defaults(func=run_models)
+    command(commands, "models", run_models)
 
-    convert = commands.add_parser(
-        "convert-monai-ldm", help="convert the paper's published MONAI checkpoints into a model directory",
-        description="Load autoencoder.pth and diffusion_model.pth (old 'generative' package format, from the "
-        "MONAI bundle cxr_image_synthesis_latent_diffusion_model) through MONAI's load_old_state_dict with "
-        "strict checks, record their SHA-256, and write a medground model directory.")
+    convert = command(commands, "convert-monai-ldm", run_convert)
     convert.add_argument("--autoencoder", type=Path, required=True, help="path to autoencoder.pth")
     convert.add_argument("--unet", type=Path, required=True, help="path to diffusion_model.pth")
     convert.add_argument("--text-encoder", required=True,
                          help="SD-2.1-base style folder (text_encoder/ + tokenizer/) or hub-id[@revision]")
     convert.add_argument("--out", type=Path, required=True, help="output model directory")
-    convert.set_defaults(func=run_convert)
 
-    importer = commands.add_parser(
-        "import-diffusers", help="import a diffusers pipeline (RoentGen, RoentGen-v2, G2G, SD) as a model directory",
-        description="Load a diffusers pipeline folder or hub-id[@revision] strictly, record SHA-256 of every weight "
-        "file and the data-use terms, and write a medground model directory. --unet and --text-encoder swap in "
-        "components from elsewhere (Generate-to-Ground: SD-1.5 pipeline + its UNet + CXR-BERT).")
+    importer = command(commands, "import-diffusers", run_import_diffusers)
     importer.add_argument("source", help="pipeline folder (model_index.json) or hub-id[@revision]")
     importer.add_argument("--out", type=Path, required=True, help="output model directory")
     importer.add_argument("--unet", default=None, metavar="DIR|HUB-ID[@REV][:SUBFOLDER]",
@@ -41,10 +29,14 @@ def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
     importer.add_argument("--name", default=None, help="model name (default: the source's)")
     importer.add_argument("--data-terms", default=None, help="data-use terms to record (default: known terms of "
                           "the source, e.g. MIMIC-CXR credentialing for RoentGen)")
-    importer.set_defaults(func=run_import_diffusers)
 
 
 def run_models(_args: argparse.Namespace) -> int:
+    """List the model names load_model knows, with their family.
+
+    List the model names load_model resolves without a path (the models shipped in the package), with their
+    family, input size and folder.
+    """
     from medground.backbones.model_dir import MODEL_FILE, read_spec
     from medground.loading import KNOWN_MODELS
 
@@ -58,6 +50,12 @@ def run_models(_args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    """Convert the paper's published MONAI checkpoints into a model directory.
+
+    Load autoencoder.pth and diffusion_model.pth (old 'generative' package format, from the MONAI bundle
+    cxr_image_synthesis_latent_diffusion_model) through MONAI's load_old_state_dict with strict checks, record
+    their SHA-256, and write a medground model directory.
+    """
     from medground.backbones.monai_convert import convert_monai_ldm
 
     quiet_transformers()
@@ -67,6 +65,12 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_import_diffusers(args: argparse.Namespace) -> int:
+    """Import a diffusers pipeline (RoentGen, RoentGen-v2, G2G, SD) as a model directory.
+
+    Load a diffusers pipeline folder or hub-id[@revision] strictly, record SHA-256 of every weight file and the
+    data-use terms, and write a medground model directory. --unet and --text-encoder swap in components from
+    elsewhere (Generate-to-Ground: SD-1.5 pipeline + its UNet + CXR-BERT).
+    """
     from medground.backbones.diffusers_import import import_diffusers
 
     quiet_transformers()

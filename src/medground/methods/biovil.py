@@ -1,4 +1,4 @@
-"""BioViL and BioViL-T baselines (method.md section 9) through hi-ml-multimodal: ``pip install medground[baselines]``.
+"""BioViL and BioViL-T baselines (docs/method.md section 9) through hi-ml-multimodal (``medground[baselines]``).
 
 The heatmap is hi-ml-multimodal's own ``ImageTextInferenceEngine.get_similarity_map_from_raw_data`` (cosine
 similarity of each projected image patch with the projected phrase, Gaussian sigma 1.5 on the patch grid, nearest

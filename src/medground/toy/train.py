@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from medground.backbones.base import Backbone, NoiseSchedule
 from medground.datasets.phantoms import SIZE, generate_phantom, phantom_vocabulary
+from medground.errors import ConfigError
 from medground.toy.tokenizer import build_clip_tokenizer
 
 TRAIN_SEED_OFFSET = 0
@@ -108,7 +109,7 @@ def build_toy(family: str, tokenizer_dir: Path, seed: int, autoencoder: torch.nn
         autoencoder = autoencoder if autoencoder is not None else AutoencoderKL(**SD_AUTOENCODER_CONFIG)
         return DiffusersBackbone(autoencoder, unet, text_encoder, tokenizer, SCHEDULES[family], latent_scale, SIZE,
                                  NAMES[family])
-    raise ValueError(f"unknown toy family {family!r}; known: {sorted(NAMES)}")
+    raise ConfigError(f"unknown toy family {family!r}; known: {sorted(NAMES)}")
 
 
 def save_toy(backbone: Backbone, out_dir: Path, extra: dict[str, Any]) -> Path:
@@ -153,16 +154,22 @@ def train_autoencoder(out_dir: Path, steps: int, batch_size: int, seed: int, lr:
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        record = {"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - started, 1)}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        if step % 50 == 0:
-            print(json.dumps({"autoencoder": record}), flush=True)
+        _log_step(log, step, loss, started, "autoencoder")
     autoencoder.eval().requires_grad_(False)
     with torch.no_grad():
         images, _ = phantom_batch(11_000_000, 256)
         means = autoencoder.encode(images.expand(-1, 3, -1, -1) * 2 - 1).latent_dist.mean
     return autoencoder, float(1.0 / means.std())
+
+
+def _log_step(log: Any, step: int, loss: torch.Tensor, started: float, part: str | None = None) -> dict[str, Any]:
+    """One line of the training log per step; every 50th also on stdout (tagged with ``part`` when given)."""
+    record = {"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - started, 1)}
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+    if step % 50 == 0:
+        print(json.dumps({part: record} if part else record), flush=True)
+    return record
 
 
 def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr: float, caption_dropout: float,
@@ -220,11 +227,7 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimiser.step()
         schedule.step()
-        record = {"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - started, 1)}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        if step % 50 == 0:
-            print(json.dumps(record), flush=True)
+        record = _log_step(log, step, loss, started)
         if step % checkpoint_every == 0 or step == steps:
             command = "python -m medground.toy.train " + " ".join(sys.argv[1:])
             training = {"command": command, "family": family, "seed": seed, "steps": step, "batch_size": batch_size,
