@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +26,8 @@ from medground.errors import ConfigError, MedgroundError
 
 ENGINES = ("local", "ray")
 MAX_BLOCKS = 10_000
+CONNECT_SECONDS = 20
+"""How long connecting to an existing cluster may take before the address is reported as unusable."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,9 @@ def cluster_options(engine: str, address: str | None, workers: int | None, devic
         if address or workers:
             raise ConfigError("--address and --workers need --engine ray")
         return None
+    _import_ray()
+    if address is not None:
+        check_address(address)  # before any model is loaded
     return ClusterOptions(address=address, workers=workers, device=device, threads=threads)
 
 
@@ -95,6 +102,35 @@ def _import_ray() -> Any:
     return ray
 
 
+def check_address(address: str) -> None:
+    """Fail within ``CONNECT_SECONDS`` when ``address`` names no reachable Ray cluster (Ray itself retries forever):
+    its form is checked, its port probed, then a child process connects once."""
+    if address == "auto" or address in _REACHED:
+        return  # Ray finds a local cluster or says at once that there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
+        raise ConfigError(f"--address {address!r} is not a Ray address: use auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}") from None
+    probe = ("import ray, sys; ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False, "
+             "logging_level='ERROR'); ray.shutdown()")
+    try:
+        subprocess.run([sys.executable, "-c", probe, address], capture_output=True, timeout=CONNECT_SECONDS, check=True)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{address} answers, but no Ray cluster accepted a connection within {CONNECT_SECONDS} s")\
+            from None
+    except subprocess.CalledProcessError as exc:
+        last = (exc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {last}") from None
+    _REACHED.add(address)
+
+
+_REACHED: set[str] = set()
+"""Addresses this process has connected to once (checked again only in a new process)."""
+
+
 def _run_on_ray(items: Iterable[tuple[int, Any]], recipe: Recipe, options: ClusterOptions) -> Iterator[Done]:
     ray = _import_ray()
     records = [{"index": index, "payload": pickle.dumps(unit)} for index, unit in items]
@@ -102,13 +138,18 @@ def _run_on_ray(items: Iterable[tuple[int, Any]], recipe: Recipe, options: Clust
         return
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        if options.address is not None:
+            check_address(options.address)
+        try:
+            ray.init(address=options.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot start or join a Ray cluster (--address {options.address}): {exc}") from None
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
         gpu = options.device.startswith("cuda")
-        workers = options.workers or _default_workers(ray, gpu, options.threads)
+        workers = check_workers(ray.cluster_resources(), gpu, options.threads, options.workers)
         dataset = ray.data.from_items(records, override_num_blocks=min(len(records), MAX_BLOCKS))
         if gpu and hasattr(recipe, "prepare"):
             dataset = dataset.map_batches(_prepare, fn_kwargs={"recipe": recipe}, batch_size=1, num_cpus=1)
@@ -127,14 +168,23 @@ def _run_on_ray(items: Iterable[tuple[int, Any]], recipe: Recipe, options: Clust
             ray.shutdown()
 
 
-def _default_workers(ray: Any, gpu: bool, threads: int) -> int:
-    resources = ray.cluster_resources()
+def check_workers(resources: dict[str, float], gpu: bool, threads: int, workers: int | None) -> int:
+    """The actors to start: ``workers`` if the cluster has room for them (each one GPU, or ``threads`` CPUs), else
+    as many as it has room for; more than it has would wait forever for resources that never come."""
     if gpu:
         gpus = int(resources.get("GPU", 0))
         if gpus < 1:
             raise ConfigError("--device cuda with --engine ray needs GPUs in the Ray cluster; it has none")
-        return gpus
-    return max(1, int(resources.get("CPU", 1)) // threads)
+        if workers is not None and workers > gpus:
+            raise ConfigError(f"--workers {workers} needs {workers} GPUs; the Ray cluster has {gpus}")
+        return workers or gpus
+    cpus = int(resources.get("CPU", 0))
+    if threads > cpus:
+        raise ConfigError(f"--worker-threads {threads} is more than the Ray cluster's {cpus} CPUs")
+    if workers is not None and workers * threads > cpus:
+        raise ConfigError(f"--workers {workers} x --worker-threads {threads} needs {workers * threads} CPUs; the Ray "
+                          f"cluster has {cpus}")
+    return workers or max(1, cpus // threads)
 
 
 def _medground_cause(exc: BaseException) -> MedgroundError | None:

@@ -23,6 +23,12 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 """Numerics of a grounding run; only ``fp32`` reproduces the reference to the digit (see ``Grounder``)."""
 MAX_UPSAMPLE_SIZE = 4096
 """Twice the largest model input medground accepts (2048); a larger map only costs memory (P x side^2 floats)."""
+MAX_STEPS = 10_000
+"""More grid steps than any diffusion schedule has (SD and the paper's model train on 1000)."""
+MAX_SEED = 2**32 - 1
+"""Seeds are 32-bit, as every framework's generators take them."""
+MAX_SELF_ATTENTION_POWER = 16
+"""Each power is one more propagation per layer and step; past a few the map is the self-attention's fixed point."""
 MODEL_FIELDS = ("inference_steps", "window_start", "window_stop", "cross_attention_layers", "gaussian_sigma")
 """Settings a model directory may default (``grounding_defaults``): they depend on the network, not the recipe."""
 
@@ -95,14 +101,14 @@ class GroundingConfig:
     """``paper``: nearest resize to the short side + symmetric NaN pad; ``exact``: inverse of the crop."""
 
     def __post_init__(self) -> None:
-        _check_int(self, "inference_steps", minimum=1, optional=True)
+        _check_int(self, "inference_steps", minimum=1, optional=True, maximum=MAX_STEPS)
         _check_choice(self, "timestep_spacing", ("trailing", "leading"))
-        _check_int(self, "timestep_offset", minimum=0)
-        _check_int(self, "window_start", minimum=0, optional=True)
-        _check_int(self, "window_stop", minimum=1, optional=True)
-        _check_int(self, "grid_coarsening", minimum=1)
+        _check_int(self, "timestep_offset", minimum=0, maximum=MAX_STEPS)
+        _check_int(self, "window_start", minimum=0, optional=True, maximum=MAX_STEPS)
+        _check_int(self, "window_stop", minimum=1, optional=True, maximum=MAX_STEPS)
+        _check_int(self, "grid_coarsening", minimum=1, maximum=MAX_STEPS)
         _check_choice(self, "noising", ("inversion", "forward"))
-        _check_int(self, "noise_seed", minimum=0)
+        _check_int(self, "noise_seed", minimum=0, maximum=MAX_SEED)
         layers = self.cross_attention_layers
         if layers is not None and layers != "all":
             if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers or \
@@ -116,7 +122,7 @@ class GroundingConfig:
         for name in ("layer_weights", "step_weights"):
             _check_weights(self, name)
         _check_choice(self, "token_rule", ("between_special", "content_words", "last"))
-        _check_int(self, "self_attention_power", minimum=0)
+        _check_int(self, "self_attention_power", minimum=0, maximum=MAX_SELF_ATTENTION_POWER)
         if not isinstance(self.unconditional_prompt, str):
             raise ConfigError(f"unconditional_prompt must be a string, got {self.unconditional_prompt!r}")
         _check_number(self, "guidance_scale", minimum=0.0)

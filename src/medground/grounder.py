@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +108,13 @@ class Grounder:
         """All phrases of one image share one inversion; their conditional passes run as one batch."""
         return self.ground_many([(image, _phrase_list(phrases))])[0]
 
-    def ground_many(self, items: Sequence[tuple[ImageInput | PreparedImage, Sequence[str]]]
-                    ) -> list[list[GroundingResult]]:
-        """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``."""
+    def ground_many(self, items: Sequence[tuple[ImageInput | PreparedImage, Sequence[str]]],
+                    reduce: Callable[[GroundingResult], Any] | None = None) -> list[list[Any]]:
+        """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``.
+
+        ``reduce`` is applied to each result as soon as it is made, and only what it returns is kept: a dataset run
+        then holds one full-size map at a time, not one per phrase of the call.
+        """
         started = time.perf_counter()
         counts_before = dict(self.unet_evaluations)
         size = self.model.image_size
@@ -135,11 +139,11 @@ class Grounder:
                                    "inputs are broken (no map is returned rather than a blank one)")
         timings = {"inversion": inverted - started, "conditional": recorded_at - inverted}
         evaluations = {kind: self.unet_evaluations[kind] - counts_before[kind] for kind in counts_before}
-        results: list[list[GroundingResult]] = [[] for _ in items]
+        results: list[list[Any]] = [[] for _ in items]
         for row, (image_number, phrase) in enumerate(zip(image_index, flat_tokens)):
             result = self._finish(phrase.phrase, maps[row], geometries[image_number], timings)
             result.unet_evaluations, result.recorded_attention_bytes = dict(evaluations), recorded.peak_bytes
-            results[image_number].append(result)
+            results[image_number].append(reduce(result) if reduce is not None else result)
         return results
 
     def _activation(self, recorded) -> torch.Tensor:

@@ -42,8 +42,10 @@ def phrase_tokens(tokenizer, phrase: str, rule: str = "between_special") -> Phra
     """Tokenise ``phrase`` as the official code does and keep the positions that ``rule`` selects."""
     if not isinstance(phrase, str) or not phrase.strip():
         raise PhraseError(f"phrase must be a non-empty string, got {phrase!r}")
-    if "\x00" in phrase:
-        raise PhraseError(f"phrase contains a NUL character: {phrase!r}")
+    invisible = invisible_characters(phrase)
+    if invisible:
+        raise PhraseError(f"phrase contains invisible characters {invisible} that split its words for the text "
+                          f"encoder; remove them: {phrase!r}")
     ids = tuple(tokenizer(phrase, truncation=False)["input_ids"])
     limit = tokenizer.model_max_length
     if len(ids) > limit:
@@ -66,6 +68,14 @@ def phrase_tokens(tokenizer, phrase: str, rule: str = "between_special") -> Phra
     elif rule != "between_special":
         raise PhraseError(f"unknown token rule {rule!r}")
     return PhraseTokens(phrase=phrase, input_ids=ids, positions=positions)
+
+
+def invisible_characters(text: str) -> list[str]:
+    """The control, zero-width and surrogate characters of ``text`` as U+XXXX (a NUL is U+0000)."""
+    from medground.text_input import clean_text
+
+    found = [char for char in text if not clean_text(char) and char not in "\t\n\r" or 0xD800 <= ord(char) < 0xE000]
+    return [f"U+{ord(char):04X}" for char in dict.fromkeys(found)]
 
 
 def unique_phrases(phrases: Sequence[str]) -> list[str]:

@@ -23,6 +23,8 @@ from torch import nn
 from medground.errors import ConfigError, ModelLoadError
 
 PredictionType = Literal["v_prediction", "epsilon"]
+MAX_TRAIN_TIMESTEPS = 10_000
+"""Diffusion models train on 1000 timesteps; a larger table is a broken description, not a model."""
 AttentionSink = Callable[[str, torch.Tensor], None]
 """Called inside a pass with (module path, probabilities of shape (batch, heads, queries, keys))."""
 
@@ -38,8 +40,9 @@ class NoiseSchedule:
     prediction_type: PredictionType = "v_prediction"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
-            raise ModelLoadError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
+        steps = self.num_train_timesteps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= MAX_TRAIN_TIMESTEPS:
+            raise ModelLoadError(f"num_train_timesteps must be an integer in [2, {MAX_TRAIN_TIMESTEPS}], got {steps!r}")
         if self.beta_schedule not in ("scaled_linear", "linear"):
             raise ModelLoadError(f"beta_schedule must be 'scaled_linear' or 'linear', got {self.beta_schedule!r}")
         if self.prediction_type not in ("v_prediction", "epsilon"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,12 +194,27 @@ def load_state_strict(network: nn.Module, state: dict[str, torch.Tensor], where:
             f"(e.g. {result.unexpected_keys[:3]})")
 
 
+MAX_PARAMETERS = 4_000_000_000
+"""16 GB of fp32 weights: above every latent diffusion model medground knows (SDXL's UNet has 2.6 billion)."""
+
+
+def build_sized(build: Callable[[], nn.Module], where: str) -> nn.Module:
+    """``build()`` run first on the meta device, where it allocates nothing, and refused when its parameter count
+    is over ``MAX_PARAMETERS``: a description with absurd widths would otherwise ask for terabytes."""
+    with torch.device("meta"):
+        count = sum(parameter.numel() for parameter in build().parameters())
+    if count > MAX_PARAMETERS:
+        raise ModelLoadError(f"{where}: the network it describes has {count:,} parameters, over the limit of "
+                             f"{MAX_PARAMETERS:,}; check its widths and channels")
+    return build()
+
+
 def build_network(cls: type[nn.Module], args: Any, where: str) -> nn.Module:
     """Instantiate an allow-listed class; arguments that do not fit it are a ModelLoadError naming them."""
     if not isinstance(args, dict):
         raise ModelLoadError(f"{where}: 'args' must be an object, got {args!r}")
     try:
-        return cls(**args)
+        return build_sized(lambda: cls(**args), where)
     except (TypeError, ValueError, AssertionError, KeyError, IndexError, ZeroDivisionError) as exc:
         raise ModelLoadError(f"{where}: {cls.__name__}({args}) cannot be built: {type(exc).__name__}: {exc}") from exc
 

@@ -8,6 +8,7 @@ encoder refuses, becomes an error row (the run goes on); anything else stops the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from medground.batch.manifest import ImageQueries, Query, Unit
 from medground.errors import ConfigError, ImageError, PhraseError
 from medground.geometry import PreparedImage, prepare_image
+from medground.results import GroundingResult
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ class UnitGrounder:
             if phrases:
                 items.append((pixels, phrases))
                 asked.append(image)
-        results = self.grounder.ground_many(items) if items else []
+        reduce = functools.partial(compact_result, side=self.job.map_side, dtype=self.job.map_dtype)
+        results = self.grounder.ground_many(items, reduce) if items else []
         for image, image_results in zip(asked, results):
             by_phrase = {result.phrase: result for result in image_results}
             for query in image.queries:
@@ -128,15 +131,9 @@ class UnitGrounder:
                              for q in image.queries if q.phrase == phrase})
         return usable
 
-    def _row(self, unit: Unit, query: Query, result: Any) -> dict[str, Any]:
-        timings = result.timings
-        return {
-            **_identity(unit, query), "width": result.heatmap.shape[1], "height": result.heatmap.shape[0],
-            "boxes": [box.to_dict() for box in result.boxes], "mask_area": int(result.mask.sum()),
-            "flat": result.flat, "map": compact_map(result.model_heatmap, self.job.map_side, self.job.map_dtype),
-            "inversion_s": timings["inversion"], "conditional_s": timings["conditional"],
-            "postprocess_s": timings["postprocess"], "error": None,
-        }
+    @staticmethod
+    def _row(unit: Unit, query: Query, result: CompactResult) -> dict[str, Any]:
+        return {**_identity(unit, query), **result.fields, "error": None}
 
     @staticmethod
     def _error_row(unit: Unit, query: Query, error: str | None, pixels: PreparedImage | None) -> dict[str, Any]:
@@ -144,6 +141,24 @@ class UnitGrounder:
         return {**_identity(unit, query), "width": geometry.width if geometry else None,
                 "height": geometry.height if geometry else None, "boxes": None, "mask_area": None, "flat": None,
                 "map": None, "inversion_s": None, "conditional_s": None, "postprocess_s": None, "error": error}
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What an output row keeps of a GroundingResult; the full-size heatmap and mask are dropped as soon as it is
+    made (``Grounder.ground_many``'s ``reduce``), so a unit holds one full-size map at a time."""
+
+    phrase: str
+    fields: dict[str, Any]
+
+
+def compact_result(result: GroundingResult, side: int, dtype: str) -> CompactResult:
+    timings = result.timings
+    return CompactResult(result.phrase, {
+        "width": result.heatmap.shape[1], "height": result.heatmap.shape[0],
+        "boxes": [box.to_dict() for box in result.boxes], "mask_area": int(result.mask.sum()), "flat": result.flat,
+        "map": compact_map(result.model_heatmap, side, dtype), "inversion_s": timings["inversion"],
+        "conditional_s": timings["conditional"], "postprocess_s": timings["postprocess"]})
 
 
 def _identity(unit: Unit, query: Query) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,17 @@ def engine_flags() -> argparse.ArgumentParser:
                        help="ray: actors (default: the cluster's GPUs, or its CPUs / --worker-threads)")
     group.add_argument("--worker-threads", type=at_least_1, default=1, help="ray: CPUs per CPU actor (default 1)")
     return parent
+
+
+def confirm(yes: bool, what: str, hint: str) -> Callable[[Any], None]:
+    """What a long command does with its work estimate: print it, and refuse it over an hour unless ``--yes``."""
+    from medground.engine.cost import CONFIRM_SECONDS
+
+    def check(work: Any) -> None:
+        print(work.describe(what), file=sys.stderr)
+        work.check(what, None if yes else CONFIRM_SECONDS, hint)
+
+    return check
 
 
 def cluster_of(args: argparse.Namespace) -> Any:

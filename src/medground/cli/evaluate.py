@@ -6,7 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from medground.cli.common import Parents, at_least_0, at_least_1, cluster_of, command, config_of, model_of, overrides_of
+from medground.cli.common import (
+    Parents,
+    at_least_0,
+    at_least_1,
+    cluster_of,
+    command,
+    config_of,
+    confirm,
+    model_of,
+    overrides_of,
+)
 from medground.datasets import DATASETS
 from medground.methods import METHODS
 
@@ -28,6 +38,7 @@ def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
                        help="a setting and its values (repeatable; the grid is their product)")
     sweep.add_argument("--out", type=Path, required=True, help="sweep folder")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    sweep.add_argument("--yes", action="store_true", help="run even when the estimate is over an hour")
 
     compare = command(commands, "compare", run_compare)
     compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
@@ -59,6 +70,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from medground.methods import MODEL_METHODS, MethodOptions, make_method
     from medground.outputs import check_writable_folder
 
+    cluster = cluster_of(args)  # a bad address fails first
     load = load_dataset(args.dataset, args.root, args.csv, args.seed, args.n, HELD_OUT_SEED).first(args.limit)
     for note in load.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -71,7 +83,6 @@ def run_eval(args: argparse.Namespace) -> int:
         options = MethodOptions(**{**vars(options), "model": model, "config": config_of(args, model)})
     requested = {"model": args.model, "preset": args.preset, "overrides": overrides_of(args)}
     record = evaluation_record(load, args.method, options, requested, args.limit)
-    cluster = cluster_of(args)
     workers = MethodOptions(**{**vars(options), "model": args.model})  # each Ray worker loads its own model
     executor = ray_executor(GroupScoring(args.method, workers), cluster) if cluster is not None else None
     summary = run_evaluation(load, make_method(args.method, options), RunWriter(args.out), record,
@@ -101,7 +112,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     model = model_of(args)
     record = {"dataset": args.dataset, "root": load.source["root"], "seed": load.source["seed"],
               "n": load.source["n"], "model": args.model, "n_samples": len(load.samples)}
-    run_sweep(load, model, args.preset, overrides_of(args), grid, args.out, record, resume=args.resume)
+    run_sweep(load, model, args.preset, overrides_of(args), grid, args.out, record, resume=args.resume,
+              on_estimate=confirm(args.yes, "the sweep", "fewer --grid values or a smaller --n"))
     print((args.out / "sweep.md").read_text())
     print(f"ranked table: {args.out / 'sweep.md'} and sweep.json; one run folder per combination in {args.out}")
     return 0

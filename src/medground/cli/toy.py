@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from medground.cli.common import Parents, at_least_0, at_least_1, command, overrides_of, quiet_transformers
+from medground.cli.common import Parents, at_least_0, at_least_1, command, confirm, overrides_of, quiet_transformers
 from medground.toy import DEMO_SEED, TOY_METHODS
 
 
@@ -31,6 +31,7 @@ def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
     toy_eval.add_argument("--n", type=at_least_1, default=40, help="number of phantoms")
     toy_eval.add_argument("--json", action="store_true", help="print JSON instead of a table")
     toy_eval.add_argument("--methods", nargs="+", default=list(TOY_METHODS), choices=list(TOY_METHODS))
+    toy_eval.add_argument("--yes", action="store_true", help="run even when the estimate is over an hour")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
@@ -65,6 +66,7 @@ def run_toy_eval(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     quiet_transformers()
     report = evaluate_toy(args.model, args.seed, args.n, methods=args.methods, preset=args.preset,
-                          overrides=overrides_of(args), device=args.device)
+                          overrides=overrides_of(args), device=args.device,
+                          on_estimate=confirm(args.yes, "the toy table", "a smaller --n or fewer --methods"))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

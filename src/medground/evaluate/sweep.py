@@ -11,11 +11,12 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from medground.datasets.base import DatasetLoad
+from medground.engine.cost import WorkEstimate, estimate, seconds_per_evaluation
 from medground.errors import ConfigError
 from medground.evaluate.runner import run_evaluation
 from medground.evaluate.store import RunWriter
@@ -53,7 +54,8 @@ def check_sweep_dataset(load: DatasetLoad) -> None:
 
 
 def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], grid: dict[str, Sequence[Any]],
-              out: Path, run_record: dict[str, Any], resume: bool = False, progress: bool = True) -> list[dict]:
+              out: Path, run_record: dict[str, Any], resume: bool = False, progress: bool = True,
+              on_estimate: Callable[[WorkEstimate], None] | None = None) -> list[dict]:
     """Evaluate the LDM with ``base`` + each combination of ``grid``; returns rows ranked best first.
 
     Args:
@@ -66,6 +68,8 @@ def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], 
         run_record: what every combination's ``run.json`` records besides its settings.
         resume: continue an interrupted sweep (finished combinations are only read).
         progress: show progress bars.
+        on_estimate: called with the work of the whole grid before any of it runs (the command line prints it and
+            refuses a long sweep without ``--yes``).
     """
     from medground.grounder import resolve_config
     from medground.methods import MethodOptions, make_method
@@ -78,6 +82,11 @@ def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], 
             configs[combination_name(settings)] = resolve_config(model, preset, {**base, **settings})
         except ConfigError as exc:
             skipped.append({"settings": settings, "reason": str(exc)})
+    if on_estimate is not None and configs:
+        images, phrases = len({s.image_key for s in load.samples}), len(load.samples)
+        per_evaluation = seconds_per_evaluation(model)
+        on_estimate(sum((estimate(model, c, images, phrases, per_evaluation) for c in configs.values()),
+                        WorkEstimate(0, 0.0)))
     for settings in combinations(grid):
         config = configs.get(combination_name(settings))
         if config is None:

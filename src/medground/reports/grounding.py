@@ -11,6 +11,7 @@ from medground.grounder import Grounder
 from medground.images import ImageInput
 from medground.reports.findings import read_mentions
 from medground.results import TYPED_PHRASE, GroundedFinding, Mention, ReportGrounding
+from medground.text import phrase_tokens
 
 
 def ground_report(grounder: Grounder, image: ImageInput | PreparedImage, report: str,
@@ -19,7 +20,7 @@ def ground_report(grounder: Grounder, image: ImageInput | PreparedImage, report:
     is grounded once, as positive if either mention is. With nothing to ground, no inversion runs; with more than
     ``max_findings`` (a server's bound on one query), nothing runs and the error says so."""
     prepared = prepare_image(image, grounder.model.image_size)  # a bad image fails first, whatever the report says
-    mentions = read_mentions(report)
+    mentions = [_groundable(grounder, mention) for mention in read_mentions(report)]
     kept: dict[str, Mention] = {}
     for mention in mentions:
         if mention.kept:
@@ -35,6 +36,18 @@ def ground_report(grounder: Grounder, image: ImageInput | PreparedImage, report:
     findings = [GroundedFinding(number, m.text, m.status, result, m.label, m.sentence, m.section)
                 for number, (m, result) in enumerate(zip(kept.values(), results), start=1)]
     return ReportGrounding(findings=findings, dropped=dropped, report=report)
+
+
+def _groundable(grounder: Grounder, mention: Mention) -> Mention:
+    """A kept mention the text encoder cannot take (too long, special tokens) is dropped with the reason, so one
+    odd mention does not stop the others from being grounded."""
+    if not mention.kept:
+        return mention
+    try:
+        phrase_tokens(grounder.model.tokenizer, mention.text, grounder.config.token_rule)
+    except PhraseError as exc:
+        return replace(mention, reason=f"not groundable: {exc}")
+    return mention
 
 
 def ground_phrases(grounder: Grounder, image: ImageInput | PreparedImage, phrases: Sequence[str]) -> ReportGrounding:

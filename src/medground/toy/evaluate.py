@@ -7,14 +7,15 @@ different kinds, the fraction of phrases whose map is higher inside its own box 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from medground.datasets import load_dataset
 from medground.datasets.phantoms import TRAINING_SEEDS, VALIDATION_SEEDS
+from medground.engine.cost import WorkEstimate, estimate
 from medground.evaluate.report import summarise
 from medground.evaluate.runner import MemoryStore, evaluate
-from medground.methods import MethodOptions, make_method
+from medground.methods import MODEL_METHODS, MethodOptions, make_method
 from medground.toy import TOY_METHODS
 
 TABLE_METRICS = ("miou", "auroc", "auroc_exact", "cnr")
@@ -31,7 +32,8 @@ def held_out_warning(seed: int, n: int) -> str | None:
 
 
 def evaluate_toy(model: Any, seed: int, n: int, methods: Sequence[str] = TOY_METHODS, preset: str = "paper",
-                 overrides: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
+                 overrides: dict[str, Any] | None = None, device: str = "cpu",
+                 on_estimate: Callable[[WorkEstimate], None] | None = None) -> dict[str, Any]:
     """Ground every finding phrase of phantoms ``seed .. seed + n - 1`` with each method and score them.
 
     Args:
@@ -42,6 +44,8 @@ def evaluate_toy(model: Any, seed: int, n: int, methods: Sequence[str] = TOY_MET
         preset: the recipe of ``ldm`` and ``untrained``.
         overrides: settings on top of it; preset and overrides are resolved against the model once.
         device: where a model named by ``model`` is loaded.
+        on_estimate: called with the work of the model methods before any runs (the command line prints it and
+            refuses a long table without ``--yes``).
     """
     from medground.backbones.base import Backbone
     from medground.grounder import resolve_config
@@ -52,6 +56,11 @@ def evaluate_toy(model: Any, seed: int, n: int, methods: Sequence[str] = TOY_MET
     if not isinstance(model, Backbone):
         model = load_model(model, device=device)
     options = MethodOptions(model=model, config=resolve_config(model, preset, overrides), batch_size=16)
+    runs = sum(name in MODEL_METHODS for name in methods)
+    if on_estimate is not None and runs:
+        images = len({sample.image_key for sample in load.samples})
+        work = estimate(model, options.config, images, len(load.samples))
+        on_estimate(WorkEstimate(runs * work.unet_evaluations, runs * work.seconds))
     for name in methods:
         method = make_method(name, options)
         started = time.perf_counter()
