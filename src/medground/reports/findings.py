@@ -5,21 +5,68 @@ token patterns), Sectionizer (chest X-ray report headers) and ConText (its defau
 below). A mention is kept for grounding when ConText finds it neither negated, hypothetical, historical nor about
 family, and it does not sit in a section that describes the request rather than the image (indication, history,
 comparison, technique).
+
+What ``read_mentions`` does before and around the pipeline, and why:
+
+- Normalisation (``normalise``): a byte-order mark, control, zero-width and bidirectional-mark characters and lone
+  surrogates are removed, non-breaking and other fixed-width spaces become spaces, form feeds and Unicode line
+  separators become line breaks, and full-width punctuation ("？", "：") its ASCII form. Invisible characters
+  otherwise split words ("pneumo\\u200bthorax" is no mention) and headers ("\\ufeffINDICATION:"). ``Mention.start``
+  is still an offset into the text the caller passed.
+- Mentions stay within a sentence: line breaks may fall inside one (wrapped lines), but a mention is cut to the
+  sentence of its head word.
+- English only: the vocabulary and ConText's cues are English, so a German or French report ("Kein Pneumothorax",
+  "Pas de pneumothorax") would be read as positive findings. A report in which words of other languages (their common
+  function words, or words with letters English does not use) outnumber common English report words ("the", "no",
+  "with", "left", "lung", ...) is refused with a ReportError (``require_english``). Short reports without such words
+  ("Pneumothorax.") pass; a very short English report whose only non-vocabulary word looks foreign ("Consolidation,
+  de novo.") is refused too.
+- Question marks: a positive mention followed in its sentence by a "?" before any full stop, semicolon or
+  exclamation mark ("Pneumothorax?", "Effusion or consolidation?"), or written right after one ("?pneumonia"), is
+  uncertain. A question answered by a lone "No"/"None"/"Negative"/"Absent" ("Pneumothorax? No.") is negated; one
+  answered "Yes" stays positive. Negated, hypothetical, historical and family mentions keep their status.
+- Linear time: ConText and the TargetMatcher grow faster than the length of the text they are given, so a long
+  report is read in chunks of whole sentences (about ``CHUNK_CHARS`` characters, cut preferably at blank lines, before
+  a header, or after a full stop). ConText never looks past a sentence, and a chunk without a header continues the
+  section of the one before, so chunks read as the whole report would.
+- Limits, each refused with a ReportError naming it (the environment variable raises it):
+  ``MAX_REPORT_CHARS`` characters (``MEDGROUND_MAX_REPORT_CHARS``, 100,000; MIMIC-CXR reports have a few thousand),
+  ``MAX_MENTIONS`` finding mentions, negated ones included (``MEDGROUND_MAX_REPORT_MENTIONS``, 64; each kept one is
+  a grounding), and ``MAX_SENTENCE_CHARS`` characters in one sentence, or in one stretch without a full stop,
+  question or exclamation mark or line break (``MEDGROUND_MAX_REPORT_SENTENCE_CHARS``, 2,000). A raised sentence
+  limit makes chunks that long, so reading slows down again for such sentences.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from medground.errors import ExtraNotInstalledError, ReportError
+from medground.text_input import clean_text, env_limit
 
 
 def _word_set(words: str) -> frozenset[str]:
     return frozenset(words.split())
 
+
+MAX_REPORT_CHARS = 100_000
+"""Characters in one report; MIMIC-CXR reports have a few thousand, so more is likely several reports pasted."""
+MAX_REPORT_CHARS_ENV = "MEDGROUND_MAX_REPORT_CHARS"
+MAX_MENTIONS = 64
+"""Finding mentions in one report, negated ones included; every kept one is grounded (one heatmap each)."""
+MAX_MENTIONS_ENV = "MEDGROUND_MAX_REPORT_MENTIONS"
+MAX_SENTENCE_CHARS = 2_000
+"""Characters in one sentence (or stretch without a full stop, question or exclamation mark or line break): longer
+is not prose, and ConText's time grows with the square of a sentence's length."""
+MAX_SENTENCE_CHARS_ENV = "MEDGROUND_MAX_REPORT_SENTENCE_CHARS"
+CHUNK_CHARS = 3_000
+"""Characters the pipeline reads at once (whole sentences; at least a longest sentence): ConText and the
+TargetMatcher cost grows with the square of what they read, so a long report is read in chunks of about this."""
 
 KEPT_STATUSES = ("positive", "uncertain")
 """Statuses that are grounded; ``uncertain`` findings are grounded and flagged as such."""
@@ -102,6 +149,52 @@ CHECKLIST_RULES = frozenset({": no", ": none"})
 pneumothorax" the backward ": no" outranks the forward "no", and the pneumothorax would come out positive."""
 
 
+ENGLISH_WORDS = _word_set("""
+    the a an of and or no not is are was were be been being there this that these those with without at to for from
+    by as it its which has have had may might can could should would but both than then since new small large mild
+    moderate left right lung lungs heart size clear seen noted evidence unchanged prior compared again otherwise acute
+    any some other likely within
+""")
+"""Common words of English chest X-ray reports. Words German or French reports use too ("in", "an", "die",
+"normal", "stable", "pleural") are left out; "a" and "no" are kept although Spanish shares them."""
+FOREIGN_WORDS = _word_set("""
+    kein keine keinen keiner keinem nicht und oder mit ohne der das dem den ein eine einer eines ist sind wird links
+    rechts beidseits beidseitig kleiner kleine kleines geringer geringe bei nach zum zur vom
+    pas de du des le la les et sans avec un une sont dans sur gauche droit droite aucun aucune ni
+    sin con el los las y del una es hay derecho derecha izquierdo izquierda lo se
+    di della delle nessun nessuna senza destro destra sinistro sinistra il
+    sem da com direito esquerdo esquerda
+    geen niet een het van zonder kleine klein er
+""")
+"""Frequent function words (and sides) of German, French, Spanish, Italian, Portuguese and Dutch reports that are not
+English words; words of three or more letters with letters English does not use (é, ü, ñ, Cyrillic, ...) count as
+foreign too (shorter ones are units such as "μm")."""
+_WORD = re.compile(r"[^\W\d_]+")
+_CLAUSE_ENDS = frozenset(".;!?")
+_PUNCTUATION = frozenset(".,;:!?")
+"""Punctuation whose full-width and other compatibility forms ("？", "：") are read as the ASCII character: PyRuSH and
+the header rules know only these."""
+_ANSWERS = {"no": "negated", "none": "negated", "negative": "negated", "absent": "negated", "yes": "positive"}
+"""A lone word after a question, and the status it gives the question's positive mentions."""
+_HEAD_WORDS = {label: frozenset(head.split()[-1] for head in heads)
+               | ({"enlarged"} if label == "cardiomegaly" else set()) for label, heads in FINDING_HEADS.items()}
+"""The last word of each finding's heads (and "enlarged" of "heart size is enlarged"): the word a mention is about."""
+_LINE_BREAKS = frozenset("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+"""Form feed, vertical tab, record separators and Unicode line/paragraph separators: they end lines in reports
+exported from other systems, so they become line breaks rather than disappearing and joining two words."""
+_HEADER_START = "|".join(sorted((re.escape(header) for headers in SECTION_HEADERS.values() for header in headers),
+                                key=len, reverse=True))
+_CUTS = tuple(re.compile(pattern) for pattern in (
+    r"\n[ \t]*\n\s*",  # a blank line
+    rf"\n(?=[ \t]*(?i:{_HEADER_START})[ \t]?:)",  # a line break before a header
+    r"[.!][ \t]*\n",  # a line that ends a sentence
+    r"(?<=[a-z)])[.!][ \t]+(?=[A-Z])",  # a full stop before a capital
+    r"\n",  # any line break
+    r"[.!?;]",  # any sentence end
+))
+"""Where a chunk may end, best first: places where PyRuSH ends a sentence too."""
+
+
 def _radiology_context_rules() -> list:
     """Phrasings of chest X-ray reports that ConText's default (clinical-note) rules miss or misread."""
     from medspacy.context import ConTextRule
@@ -166,9 +259,13 @@ def _target_rules() -> list:
 
 
 def _section_rules() -> list:
+    """Each header followed by a colon, with spaces allowed before the colon ("FINDINGS :", "FINDINGS\\u00a0:" once
+    normalised); a single space is no token of its own, more are one."""
     from medspacy.section_detection import SectionRule
 
-    return [SectionRule(f"{header}:", category, pattern=[*({"LOWER": w} for w in header.split()), {"LOWER": ":"}])
+    spaces = {"TEXT": {"REGEX": r"^[ \t]+$"}, "OP": "?"}
+    return [SectionRule(f"{header}:", category,
+                        pattern=[*({"LOWER": w} for w in header.split()), spaces, {"LOWER": ":"}])
             for category, headers in SECTION_HEADERS.items() for header in headers]
 
 
@@ -185,6 +282,8 @@ def report_pipeline():
             from exc
     logger.disable("PyRuSH")  # PyRuSH logs every sentence boundary at DEBUG level
     nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer", "medspacy_pyrush", "medspacy_target_matcher"])
+    nlp.max_length = 10**9  # spaCy's 1,000,000 guards the memory of parsers this pipeline lacks; read_mentions's
+    # own limits bound what it is given (chunks of about CHUNK_CHARS)
     nlp.get_pipe("medspacy_target_matcher").add(_target_rules())
     if not Language.has_factory("medground_trim_mentions"):
         Language.component("medground_trim_mentions", func=_trim_mentions)
@@ -210,7 +309,7 @@ class Mention:
     section: str | None
     """The report section (findings, impression, indication, ...) or None before the first header."""
     start: int
-    """Character offset of the mention in the report."""
+    """Character offset of the mention in the report as it was passed (before invisible characters were removed)."""
 
     @property
     def kept(self) -> bool:
@@ -231,31 +330,229 @@ class Mention:
 
 
 def read_mentions(report: str) -> list[Mention]:
-    """Every finding mention of ``report``, in reading order, with its status and section."""
+    """Every finding mention of ``report``, in reading order, with its status and section (see the module's
+    docstring for the normalisation, the English-only rule, question marks and the limits)."""
     if not isinstance(report, str):
         raise ReportError(f"a report must be text, got {type(report).__name__}")
-    if not report.strip():
+    _check_report_size(report)
+    text, origin = normalise(report)
+    if not text.strip():
         raise ReportError("the report is empty: paste or pass the report's text (e.g. its FINDINGS and IMPRESSION)")
-    doc = report_pipeline()(report)
+    require_english(text)
+    max_sentence = env_limit(MAX_SENTENCE_CHARS_ENV, MAX_SENTENCE_CHARS, ReportError)
+    max_mentions = env_limit(MAX_MENTIONS_ENV, MAX_MENTIONS, ReportError)
+    _check_unbroken_stretches(text, origin, max_sentence)
+    nlp = report_pipeline()
+    mentions: list[Mention] = []
+    section = None
+    for offset, end in chunks(text, max(CHUNK_CHARS, max_sentence + 1)):
+        doc = nlp(text[offset:end])
+        _check_sentences(doc, offset, origin, max_sentence)
+        mentions.extend(_doc_mentions(doc, offset, origin, section))
+        if len(mentions) > max_mentions:
+            raise ReportError(f"the report has more than {max_mentions} finding mentions (the limit; the one past it "
+                              f"is {mentions[max_mentions].text!r} at character {mentions[max_mentions].start:,}): "
+                              f"is it several reports pasted together? Pass one report, or raise the limit: set "
+                              f"{MAX_MENTIONS_ENV} to a larger number")
+        section = _last_section(doc, section)
+    return mentions
+
+
+def normalise(report: str) -> tuple[str, Sequence[int]]:
+    """The text the pipeline reads (see the module's docstring) and, for each of its characters, the offset of that
+    character in ``report``: characters are only removed or replaced one for one, so offsets map back exactly."""
+    table = {char: _normal_char(char) for char in set(report)}
+    changed = {ord(char): new for char, new in table.items() if new != char}
+    if not changed:
+        return report, range(len(report))
+    text = report.translate(changed)
+    if len(text) == len(report):
+        return text, range(len(report))
+    return text, [i for i, char in enumerate(report) if table[char]]
+
+
+def _normal_char(char: str) -> str:
+    """One character as the pipeline reads it: the shared ``clean_text``, plus line separators kept as line breaks,
+    full-width punctuation made ASCII, and bidirectional marks, other format characters and lone surrogates removed
+    (spaCy cannot encode those)."""
+    if char in _LINE_BREAKS:
+        return "\n"
+    if not char.isascii() and unicodedata.normalize("NFKC", char) in _PUNCTUATION:
+        return unicodedata.normalize("NFKC", char)
+    cleaned = clean_text(char)
+    if cleaned and cleaned not in "\t\n\r" and unicodedata.category(cleaned) in ("Cc", "Cf", "Cs"):
+        return ""
+    return cleaned
+
+
+def require_english(text: str) -> None:
+    """Refuse a report whose words of other languages outnumber its common English words (see ``FOREIGN_WORDS``):
+    the reader's vocabulary and negation cues are English, so "Kein Pneumothorax" would come out positive."""
+    english = foreign = 0
+    examples: list[str] = []
+    for match in _WORD.finditer(text):
+        word = match.group().lower()
+        if word in ENGLISH_WORDS:
+            english += 1
+        elif word in FOREIGN_WORDS or (not word.isascii() and len(word) > 2):
+            foreign += 1
+            if len(examples) < 3:
+                examples.append(match.group())
+    if foreign > english:
+        raise ReportError(f"the report does not read as English (words such as {', '.join(map(repr, examples))}): "
+                          "the report reader understands English reports only; pass the report in English")
+
+
+def _check_report_size(report: str) -> None:
+    limit = env_limit(MAX_REPORT_CHARS_ENV, MAX_REPORT_CHARS, ReportError)
+    if len(report) > limit:
+        raise ReportError(f"the report has {len(report):,} characters, over the limit of {limit:,}: is it several "
+                          f"reports pasted together? Pass one report, or raise the limit: set {MAX_REPORT_CHARS_ENV} "
+                          "to a larger number")
+
+
+def _sentence_error(what: str, at: int, text: str, limit: int) -> ReportError:
+    """``what`` (``text``, starting at character ``at`` of the caller's report) is longer than ``limit``."""
+    preview = " ".join(text[:60].split())
+    return ReportError(f"{what} at character {at:,} has {len(text):,} characters, over the limit of {limit:,} "
+                       f"({preview!r}...): end its sentences with full stops, or raise the limit: set "
+                       f"{MAX_SENTENCE_CHARS_ENV} to a larger number")
+
+
+def _check_unbroken_stretches(text: str, origin: Sequence[int], limit: int) -> None:
+    """Refuse, before any parsing, a stretch without a sentence end or line break longer than a sentence may be: it
+    could not be cut into chunks, and one sentence that long would take ConText minutes."""
+    if len(text) <= limit:
+        return
+    for match in re.finditer(r"[^.!?\n]+", text):
+        if match.end() - match.start() > limit:
+            raise _sentence_error("a stretch without a full stop, question mark or line break",
+                                  origin[match.start()], match.group(), limit)
+
+
+def _check_sentences(doc, offset: int, origin: Sequence[int], limit: int) -> None:
+    """Refuse a sentence (as PyRuSH splits them: wrapped lines join) longer than ``limit`` characters."""
+    for sentence in doc.sents:
+        stripped = sentence.text.strip()
+        if len(stripped) > limit:
+            start = offset + sentence.start_char + len(sentence.text) - len(sentence.text.lstrip())
+            raise _sentence_error("a sentence", origin[start], stripped, limit)
+
+
+def chunks(text: str, window: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of consecutive pieces of ``text`` of at most ``window`` characters, each ending where a
+    sentence ends (the best place of ``_CUTS`` in its window), so the pipeline reads each in time linear in all."""
+    start = 0
+    while len(text) - start > window:
+        end = start + _cut(text[start : start + window])
+        yield start, end
+        start = end
+    yield start, len(text)
+
+
+def _cut(window: str) -> int:
+    """Where to end a chunk within ``window``: the last place of the best kind in its second half, else the latest
+    place of any kind, else (no sentence end at all: only with a raised sentence limit) the last space."""
+    half = len(window) // 2
+    latest = 0
+    for pattern in _CUTS:
+        end = max((match.end() for match in pattern.finditer(window)), default=0)
+        if end >= half:
+            return end
+        latest = max(latest, end)
+    return latest or window.rfind(" ") + 1 or len(window)
+
+
+def _doc_mentions(doc, offset: int, origin: Sequence[int], section: str | None) -> list[Mention]:
+    """The mentions of one chunk; ``section`` is the section open where the chunk starts."""
+    clause_end = _next_clause_ends(doc)
     mentions = []
     for span in doc.ents:
         status = next((name for name, attribute in STATUS_ATTRIBUTES if getattr(span._, attribute)), "positive")
+        if status == "positive":
+            status = _question_status(span, clause_end) or status
         mentions.append(Mention(text=" ".join(span.text.split()), label=span.label_, status=status,
-                                sentence=" ".join(span.sent.text.split()), section=span[0]._.section_category,
-                                start=span.start_char))
+                                sentence=" ".join(span.sent.text.split()),
+                                section=span[0]._.section_category or section,
+                                start=origin[offset + span.start_char]))
     return mentions
+
+
+def _last_section(doc, section: str | None) -> str | None:
+    """The section open at the end of ``doc``: its last header's, or still ``section`` when it has none."""
+    sections = doc._.sections
+    return (sections[-1].category if sections else None) or section
+
+
+def _next_clause_ends(doc) -> list[int]:
+    """For each token, the index of the first token at or after it that ends a clause (. ; ! ?), else len(doc)."""
+    following = [len(doc)] * (len(doc) + 1)
+    for i in range(len(doc) - 1, -1, -1):
+        following[i] = i if _ends_clause(doc[i]) else following[i + 1]
+    return following
+
+
+def _ends_clause(token) -> bool:
+    return bool(token.text) and set(token.text) <= _CLAUSE_ENDS
+
+
+def _is_question(token) -> bool:
+    return bool(token.text) and set(token.text) == {"?"}
+
+
+def _question_status(span, clause_end: list[int]) -> str | None:
+    """The status a question mark gives a positive mention, or None when it is not asked about: uncertain, or the
+    status of a one-word answer ("Pneumothorax? No." is negated)."""
+    doc = span.doc
+    before = doc[span.start - 1] if span.start > 0 else None
+    if before is not None and _is_question(before) and not before.whitespace_:
+        return "uncertain"  # "?pneumonia"
+    end = clause_end[span.end]
+    if end >= span.sent.end or not _is_question(doc[end]):
+        return None
+    return _answer(doc, end + 1) or "uncertain"
+
+
+def _answer(doc, i: int) -> str | None:
+    """The status given by a lone answer word at token ``i`` (after more question marks and spaces on the same or
+    the next line), when the word ends its clause or line."""
+    while i < len(doc) and (_is_question(doc[i]) or (doc[i].is_space and doc[i].text.count("\n") <= 1)):
+        i += 1
+    if i >= len(doc) or doc[i].lower_ not in _ANSWERS:
+        return None
+    after = doc[i + 1] if i + 1 < len(doc) else None
+    if after is None or after.text in (".", ",", ";", "!") or (after.is_space and "\n" in after.text):
+        return _ANSWERS[doc[i].lower_]
+    return None
 
 
 def _trim_mentions(doc):
     """Mentions without the connectors and line breaks the modifier patterns let them start with ("due to
-    atelectasis" -> "atelectasis", a bullet's "- small effusion" -> "small effusion"), before ConText reads them."""
+    atelectasis" -> "atelectasis", a bullet's "- small effusion" -> "small effusion"), and only the part in the
+    sentence of their head word: line breaks may fall inside a mention, but "1.5" ending one paragraph and
+    "Infiltrates" starting the next are not one finding. Before ConText reads them."""
     from spacy.tokens import Span
 
     trimmed = []
     for span in doc.ents:
-        start = span.start
-        while start < span.end - 1 and (doc[start].is_space or doc[start].lower_ in CONNECTORS):
+        start, end = _head_sentence_part(span)
+        while start < end - 1 and (doc[start].is_space or doc[start].lower_ in CONNECTORS):
             start += 1
-        trimmed.append(Span(doc, start, span.end, label=span.label_))
+        while end > start + 1 and doc[end - 1].is_space:
+            end -= 1
+        trimmed.append(Span(doc, start, end, label=span.label_))
     doc.ents = trimmed
     return doc
+
+
+def _head_sentence_part(span) -> tuple[int, int]:
+    """Token bounds of the part of ``span`` within one sentence that holds its first head word (the whole span when
+    it lies in one sentence)."""
+    heads = _HEAD_WORDS.get(span.label_, frozenset())
+    start = span.start
+    for token in span:
+        if token.i > span.start and token.is_sent_start:
+            if any(word.lower_ in heads for word in span.doc[start : token.i]):
+                return start, token.i
+            start = token.i
+    return start, span.end
