@@ -26,15 +26,18 @@ What ``read_mentions`` does before and around the pipeline, and why:
   uncertain. A question answered by a lone "No"/"None"/"Negative"/"Absent" ("Pneumothorax? No.") is negated; one
   answered "Yes" stays positive. Negated, hypothetical, historical and family mentions keep their status.
 - Linear time: ConText and the TargetMatcher grow faster than the length of the text they are given, so a long
-  report is read in chunks of whole sentences (about ``CHUNK_CHARS`` characters, cut preferably at blank lines, before
-  a header, or after a full stop). ConText never looks past a sentence, and a chunk without a header continues the
-  section of the one before, so chunks read as the whole report would.
+  report is read in windows of about ``window_chars`` characters (``CHUNK_CHARS``, or twice the sentence limit and
+  a margin). From each window only the sentences PyRuSH ended well before its end are kept, the next window starts
+  at the first sentence not kept, and each window also reads a few sentences before its own, so PyRuSH splits
+  sentences as in the whole text; ConText never looks past a sentence, and a window without a header continues the
+  section of the one before: windows read as the whole report would (checked on the test reports with windows of
+  500 characters, and on random text).
 - Limits, each refused with a ReportError naming it (the environment variable raises it):
   ``MAX_REPORT_CHARS`` characters (``MEDGROUND_MAX_REPORT_CHARS``, 100,000; MIMIC-CXR reports have a few thousand),
   ``MAX_MENTIONS`` finding mentions, negated ones included (``MEDGROUND_MAX_REPORT_MENTIONS``, 64; each kept one is
-  a grounding), and ``MAX_SENTENCE_CHARS`` characters in one sentence, or in one stretch without a full stop,
-  question or exclamation mark or line break (``MEDGROUND_MAX_REPORT_SENTENCE_CHARS``, 2,000). A raised sentence
-  limit makes chunks that long, so reading slows down again for such sentences.
+  a grounding), and ``MAX_SENTENCE_CHARS`` characters in one sentence as PyRuSH splits them (wrapped lines join)
+  (``MEDGROUND_MAX_REPORT_SENTENCE_CHARS``, 2,000). Raising the sentence limit widens the windows, so reading slows
+  down again for reports with such sentences.
 """
 
 from __future__ import annotations
@@ -61,12 +64,11 @@ MAX_MENTIONS = 64
 """Finding mentions in one report, negated ones included; every kept one is grounded (one heatmap each)."""
 MAX_MENTIONS_ENV = "MEDGROUND_MAX_REPORT_MENTIONS"
 MAX_SENTENCE_CHARS = 2_000
-"""Characters in one sentence (or stretch without a full stop, question or exclamation mark or line break): longer
-is not prose, and ConText's time grows with the square of a sentence's length."""
+"""Characters in one sentence: longer is not prose, and ConText's time grows with the square of a sentence's length."""
 MAX_SENTENCE_CHARS_ENV = "MEDGROUND_MAX_REPORT_SENTENCE_CHARS"
 CHUNK_CHARS = 3_000
-"""Characters the pipeline reads at once (whole sentences; at least a longest sentence): ConText and the
-TargetMatcher cost grows with the square of what they read, so a long report is read in chunks of about this."""
+"""Fewest characters the pipeline reads at once (more when twice the sentence limit is more): ConText's and the
+TargetMatcher's time grows with the square of what they read, so a long report is read in windows of this size."""
 
 KEPT_STATUSES = ("positive", "uncertain")
 """Statuses that are grounded; ``uncertain`` findings are grounded and flagged as such."""
@@ -110,6 +112,12 @@ MODIFIERS = _word_set("""
 """)
 """Words that belong to a finding when they precede its head: size, side, place, appearance, device kind. Words of
 change (new, stable, unchanged, improved) are left out: they describe the comparison, not where to look."""
+
+MAX_MODIFIER_RUN = 12
+"""Modifier tokens (line breaks included) that may precede a head: "moderate to large right - sided pleural" has 7.
+Only these are marked as modifiers (``_mark_modifiers``): the TargetMatcher extends a partial match from every
+modifier through the whole run, so a long run far from any head ("- - - ...", "small small ...") made it quadratic,
+seconds for a few thousand characters. (spaCy's bounded "{0,12}" operator branches on each token and is slower.)"""
 
 CONNECTORS = frozenset({"-", "to", "greater", "than"})
 """Modifiers that only join others ("small to moderate", "left greater than right"), never start a mention."""
@@ -179,20 +187,17 @@ _ANSWERS = {"no": "negated", "none": "negated", "negative": "negated", "absent":
 _HEAD_WORDS = {label: frozenset(head.split()[-1] for head in heads)
                | ({"enlarged"} if label == "cardiomegaly" else set()) for label, heads in FINDING_HEADS.items()}
 """The last word of each finding's heads (and "enlarged" of "heart size is enlarged"): the word a mention is about."""
+_HEAD_STARTS = frozenset(head.split()[0] for heads in FINDING_HEADS.values() for head in heads) | {"enlarged"}
+"""First words of heads ("enlarged" of "mildly enlarged heart"): modifiers are words before one of these."""
 _LINE_BREAKS = frozenset("\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 """Form feed, vertical tab, record separators and Unicode line/paragraph separators: they end lines in reports
 exported from other systems, so they become line breaks rather than disappearing and joining two words."""
-_HEADER_START = "|".join(sorted((re.escape(header) for headers in SECTION_HEADERS.values() for header in headers),
-                                key=len, reverse=True))
-_CUTS = tuple(re.compile(pattern) for pattern in (
-    r"\n[ \t]*\n\s*",  # a blank line
-    rf"\n(?=[ \t]*(?i:{_HEADER_START})[ \t]?:)",  # a line break before a header
-    r"[.!][ \t]*\n",  # a line that ends a sentence
-    r"(?<=[a-z)])[.!][ \t]+(?=[A-Z])",  # a full stop before a capital
-    r"\n",  # any line break
-    r"[.!?;]",  # any sentence end
-))
-"""Where a chunk may end, best first: places where PyRuSH ends a sentence too."""
+_LOOKAHEAD = 200
+"""Characters PyRuSH must see after a sentence's end before that end is trusted (its rules look a few tokens ahead)."""
+_LOOKBEHIND = (200, 1_000)
+"""How far before its own part a window's doc starts (at a sentence start): PyRuSH pairs sentence begins and ends in
+order and treats a text's start specially, so its split can depend on text before."""
+_SPACES = re.compile(r"\s*")
 
 
 def _radiology_context_rules() -> list:
@@ -239,7 +244,7 @@ def _target_rules() -> list:
     from medspacy.target_matcher import TargetRule
     from spacy.tokens import Token
 
-    Token.set_extension("finding_modifier", getter=lambda t: t.is_space or t.lower_ in MODIFIERS, force=True)
+    Token.set_extension("finding_modifier", default=False, force=True)  # set by _mark_modifiers
     Token.set_extension("finding_location", getter=lambda t: t.is_space or t.lower_ in LOCATION_WORDS, force=True)
     space = {"IS_SPACE": True, "OP": "*"}
     number = [{"LIKE_NUM": True, "OP": "?"}, {"LOWER": {"IN": ["cm", "mm"]}, "OP": "?"}]
@@ -283,10 +288,13 @@ def report_pipeline():
     logger.disable("PyRuSH")  # PyRuSH logs every sentence boundary at DEBUG level
     nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer", "medspacy_pyrush", "medspacy_target_matcher"])
     nlp.max_length = 10**9  # spaCy's 1,000,000 guards the memory of parsers this pipeline lacks; read_mentions's
-    # own limits bound what it is given (chunks of about CHUNK_CHARS)
+    # own limits bound what it is given (windows of window_chars)
     nlp.get_pipe("medspacy_target_matcher").add(_target_rules())
     if not Language.has_factory("medground_trim_mentions"):
         Language.component("medground_trim_mentions", func=_trim_mentions)
+    if not Language.has_factory("medground_mark_modifiers"):
+        Language.component("medground_mark_modifiers", func=_mark_modifiers)
+    nlp.add_pipe("medground_mark_modifiers", before="medspacy_target_matcher")
     nlp.add_pipe("medground_trim_mentions")
     nlp.add_pipe("medspacy_sectionizer", config={"rules": None, "span_attrs": None}).add(_section_rules())
     context = nlp.add_pipe("medspacy_context", config={"rules": None})
@@ -341,21 +349,60 @@ def read_mentions(report: str) -> list[Mention]:
     require_english(text)
     max_sentence = env_limit(MAX_SENTENCE_CHARS_ENV, MAX_SENTENCE_CHARS, ReportError)
     max_mentions = env_limit(MAX_MENTIONS_ENV, MAX_MENTIONS, ReportError)
-    _check_unbroken_stretches(text, origin, max_sentence)
-    nlp = report_pipeline()
     mentions: list[Mention] = []
     section = None
-    for offset, end in chunks(text, max(CHUNK_CHARS, max_sentence + 1)):
-        doc = nlp(text[offset:end])
-        _check_sentences(doc, offset, origin, max_sentence)
-        mentions.extend(_doc_mentions(doc, offset, origin, section))
+    for offset, doc, begin, end in read_windows(text, origin, max_sentence):
+        _check_sentences(doc, begin, end, offset, origin, max_sentence)
+        mentions.extend(_doc_mentions(doc, begin, end, offset, origin, section))
         if len(mentions) > max_mentions:
             raise ReportError(f"the report has more than {max_mentions} finding mentions (the limit; the one past it "
                               f"is {mentions[max_mentions].text!r} at character {mentions[max_mentions].start:,}): "
                               f"is it several reports pasted together? Pass one report, or raise the limit: set "
                               f"{MAX_MENTIONS_ENV} to a larger number")
-        section = _last_section(doc, section)
+        section = _section_at(doc, end, section)
     return mentions
+
+
+def read_windows(text: str, origin: Sequence[int], max_sentence: int) -> Iterator[tuple[int, Any, int, int]]:
+    """``(offset, doc, begin, end)`` in reading order: ``doc`` is the pipeline's reading of ``text`` from ``offset``;
+    the part from ``begin`` to ``end`` (characters of ``doc``) is this window's. Before it, ``doc`` holds up to
+    ``_LOOKBEHIND`` characters of the previous window's sentences, after it at least ``_LOOKAHEAD`` characters, so
+    PyRuSH splits the part as in the whole text. The next window's part starts at ``end``; every window advances by a
+    sentence at least and its doc has at most ``window_chars`` + 1,000 characters, so reading is linear."""
+    nlp = report_pipeline()
+    window = window_chars(max_sentence)
+    start = context = _SPACES.match(text).end()  # this window's part, and where its doc starts
+    while start < len(text):
+        doc = nlp(text[context : start + window])
+        begin = start - context
+        if start + window >= len(text):
+            yield context, doc, begin, len(doc.text)
+            return
+        end = _window_end(doc, begin, begin + window - _LOOKAHEAD)
+        if not end:
+            raise _sentence_error(origin[start], f"more than {window - _LOOKAHEAD:,}", text[start : start + 100],
+                                  max_sentence)
+        yield context, doc, begin, end
+        following = _SPACES.match(text, context + end).end()
+        context += _window_end(doc, max(begin, end - _LOOKBEHIND[1]), end - _LOOKBEHIND[0]) or end
+        start = following
+
+
+def _window_end(doc, after: int, limit: int) -> int:
+    """The last sentence start of ``doc`` after character ``after`` and up to ``limit`` that begins a line with a
+    letter (a header, a line of prose), else one that begins a line, else the last one (0 when there is none):
+    PyRuSH treats a text's start specially ("2." starting a text is a sentence of its own), less so at such lines."""
+    starts = [s.start_char for s in doc.sents if after < s.start_char <= limit]
+    text = doc.text
+    line_starts = [start for start in starts if "\n" in text[start - 1]]
+    lettered = [start for start in line_starts if text[start].isalpha()]
+    return next((found[-1] for found in (lettered, line_starts, starts) if found), 0)
+
+
+def window_chars(max_sentence: int) -> int:
+    """Characters of a window's own part and look-ahead: room for two longest sentences and the look-ahead, so a
+    window without a final sentence end holds a sentence over the limit."""
+    return max(CHUNK_CHARS, 2 * max_sentence + _LOOKAHEAD)
 
 
 def normalise(report: str) -> tuple[str, Sequence[int]]:
@@ -411,63 +458,38 @@ def _check_report_size(report: str) -> None:
                           "to a larger number")
 
 
-def _sentence_error(what: str, at: int, text: str, limit: int) -> ReportError:
-    """``what`` (``text``, starting at character ``at`` of the caller's report) is longer than ``limit``."""
+def _sentence_error(at: int, length: str, text: str, limit: int) -> ReportError:
+    """A sentence (``text``, at character ``at`` of the caller's report, of ``length`` characters) over ``limit``."""
     preview = " ".join(text[:60].split())
-    return ReportError(f"{what} at character {at:,} has {len(text):,} characters, over the limit of {limit:,} "
+    return ReportError(f"a sentence at character {at:,} has {length} characters, over the limit of {limit:,} "
                        f"({preview!r}...): end its sentences with full stops, or raise the limit: set "
                        f"{MAX_SENTENCE_CHARS_ENV} to a larger number")
 
 
-def _check_unbroken_stretches(text: str, origin: Sequence[int], limit: int) -> None:
-    """Refuse, before any parsing, a stretch without a sentence end or line break longer than a sentence may be: it
-    could not be cut into chunks, and one sentence that long would take ConText minutes."""
-    if len(text) <= limit:
-        return
-    for match in re.finditer(r"[^.!?\n]+", text):
-        if match.end() - match.start() > limit:
-            raise _sentence_error("a stretch without a full stop, question mark or line break",
-                                  origin[match.start()], match.group(), limit)
-
-
-def _check_sentences(doc, offset: int, origin: Sequence[int], limit: int) -> None:
-    """Refuse a sentence (as PyRuSH splits them: wrapped lines join) longer than ``limit`` characters."""
+def _check_sentences(doc, begin: int, end: int, offset: int, origin: Sequence[int], limit: int) -> None:
+    """Refuse a sentence of the window (as PyRuSH splits them: wrapped lines join) longer than ``limit`` characters."""
     for sentence in doc.sents:
+        if sentence.start_char >= end:
+            break
+        if sentence.end_char <= begin:
+            continue
         stripped = sentence.text.strip()
         if len(stripped) > limit:
             start = offset + sentence.start_char + len(sentence.text) - len(sentence.text.lstrip())
-            raise _sentence_error("a sentence", origin[start], stripped, limit)
+            raise _sentence_error(origin[start], f"{len(stripped):,}", stripped, limit)
 
 
-def chunks(text: str, window: int) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` of consecutive pieces of ``text`` of at most ``window`` characters, each ending where a
-    sentence ends (the best place of ``_CUTS`` in its window), so the pipeline reads each in time linear in all."""
-    start = 0
-    while len(text) - start > window:
-        end = start + _cut(text[start : start + window])
-        yield start, end
-        start = end
-    yield start, len(text)
-
-
-def _cut(window: str) -> int:
-    """Where to end a chunk within ``window``: the last place of the best kind in its second half, else the latest
-    place of any kind, else (no sentence end at all: only with a raised sentence limit) the last space."""
-    half = len(window) // 2
-    latest = 0
-    for pattern in _CUTS:
-        end = max((match.end() for match in pattern.finditer(window)), default=0)
-        if end >= half:
-            return end
-        latest = max(latest, end)
-    return latest or window.rfind(" ") + 1 or len(window)
-
-
-def _doc_mentions(doc, offset: int, origin: Sequence[int], section: str | None) -> list[Mention]:
-    """The mentions of one chunk; ``section`` is the section open where the chunk starts."""
+def _doc_mentions(doc, begin: int, end: int, offset: int, origin: Sequence[int], section: str | None) \
+        -> list[Mention]:
+    """The mentions starting from ``begin`` to ``end`` of a window's doc; ``section`` is the section open at
+    ``begin`` (that of the doc's header before, else the one carried over)."""
     clause_end = _next_clause_ends(doc)
     mentions = []
     for span in doc.ents:
+        if span.start_char < begin:
+            continue
+        if span.start_char >= end:
+            break
         status = next((name for name, attribute in STATUS_ATTRIBUTES if getattr(span._, attribute)), "positive")
         if status == "positive":
             status = _question_status(span, clause_end) or status
@@ -478,10 +500,12 @@ def _doc_mentions(doc, offset: int, origin: Sequence[int], section: str | None) 
     return mentions
 
 
-def _last_section(doc, section: str | None) -> str | None:
-    """The section open at the end of ``doc``: its last header's, or still ``section`` when it has none."""
-    sections = doc._.sections
-    return (sections[-1].category if sections else None) or section
+def _section_at(doc, end: int, section: str | None) -> str | None:
+    """The section open at character ``end`` of ``doc``: that of its last header before, else still ``section``."""
+    for part in doc._.sections:
+        if part.category is not None and doc[part.title_start].idx < end:
+            section = part.category
+    return section
 
 
 def _next_clause_ends(doc) -> list[int]:
@@ -524,6 +548,22 @@ def _answer(doc, i: int) -> str | None:
     if after is None or after.text in (".", ",", ";", "!") or (after.is_space and "\n" in after.text):
         return _ANSWERS[doc[i].lower_]
     return None
+
+
+def _mark_modifiers(doc):
+    """Mark as ``finding_modifier`` the modifier words and line breaks that are at most ``MAX_MODIFIER_RUN`` modifier
+    tokens before a head's first word, so that the TargetMatcher's runs of modifiers stay short (one backward pass)."""
+    run = None  # modifier tokens between this token and the next head word; None when something else comes first
+    for token in reversed(doc):
+        modifier = token.is_space or token.lower_ in MODIFIERS
+        token._.finding_modifier = modifier and run is not None and run < MAX_MODIFIER_RUN
+        if token.lower_ in _HEAD_STARTS:
+            run = 0
+        elif modifier and run is not None:
+            run += 1
+        else:
+            run = None
+    return doc
 
 
 def _trim_mentions(doc):
