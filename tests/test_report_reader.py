@@ -222,9 +222,9 @@ ALL_REPORTS = "\n".join(case[1] for case in REPORTS) + "\n"
 
 def test_windowed_reading_equals_reading_the_whole_report(monkeypatch):
     monkeypatch.setenv(MAX_MENTIONS_ENV, "200")
-    monkeypatch.setattr(findings, "CHUNK_CHARS", 10**9)
+    monkeypatch.setattr(findings, "MIN_WINDOW_CHARS", 10**9)
     whole = read_mentions(ALL_REPORTS)
-    monkeypatch.setattr(findings, "CHUNK_CHARS", 0)
+    monkeypatch.setattr(findings, "MIN_WINDOW_CHARS", 0)
     monkeypatch.setenv(MAX_SENTENCE_CHARS_ENV, "150")  # windows of 500 characters
     assert len(list(read_windows(ALL_REPORTS, range(len(ALL_REPORTS)), 150))) > 5
     windowed = read_mentions(ALL_REPORTS)
@@ -232,7 +232,7 @@ def test_windowed_reading_equals_reading_the_whole_report(monkeypatch):
 
 
 def test_sections_carry_across_windows(monkeypatch):
-    monkeypatch.setattr(findings, "CHUNK_CHARS", 0)
+    monkeypatch.setattr(findings, "MIN_WINDOW_CHARS", 0)
     monkeypatch.setenv(MAX_SENTENCE_CHARS_ENV, "80")  # windows of 360 characters
     report = "INDICATION: Fever.\n" + "Cough for three days. " * 30 + "Rule out pneumonia.\n" + \
         "FINDINGS: Clear lungs. " * 30 + "Small left pleural effusion."
@@ -385,12 +385,12 @@ def test_windows_read_random_text_as_the_whole_text(monkeypatch):
     for _ in range(20):
         report = "".join(" ".join(rng.choice(ENGLISH_PIECES) for _ in range(rng.randint(1, 12)))
                          + rng.choice([". ", ".\n", "?\n", ".\n\n", "; ", "! "]) for _ in range(rng.randint(10, 40)))
-        monkeypatch.setattr(findings, "CHUNK_CHARS", 10**9)
+        monkeypatch.setattr(findings, "MIN_WINDOW_CHARS", 10**9)
         try:
             whole = read_mentions(report)
         except ReportError:
             continue
-        monkeypatch.setattr(findings, "CHUNK_CHARS", 0)
+        monkeypatch.setattr(findings, "MIN_WINDOW_CHARS", 0)
         assert read_mentions(report) == whole
         compared += len(report) > 1400  # read in three windows or more
     assert compared >= 6
