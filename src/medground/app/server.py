@@ -47,7 +47,7 @@ def serve(grounder: Grounder, settings: dict[str, str], host: str = "127.0.0.1",
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
         from medground.app.page import CSS, build_page
         from medground.app.session import Session
-        from medground.reports.findings import report_pipeline
+        from medground.reports.pipeline import report_pipeline
 
         report_pipeline()  # built now, so the first pasted report does not wait for it
 

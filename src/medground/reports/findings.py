@@ -1,200 +1,78 @@
-"""Report text -> finding mentions with a status, through medspaCy on a blank spaCy ``en`` pipeline (no model download).
+"""Report text -> finding mentions with a status, read by the medSpaCy pipeline of ``reports.pipeline``.
 
-The pipeline: medspaCy's tokenizer, PyRuSH sentence splitter, TargetMatcher (the finding vocabulary below, as spaCy
-token patterns), Sectionizer (chest X-ray report headers) and ConText (its default rules plus the radiology phrasings
-below). A mention is kept for grounding when ConText finds it neither negated, hypothetical, historical nor about
+A mention is kept for grounding when ConText finds it neither negated, hypothetical, historical nor about
 family, and it does not sit in a section that describes the request rather than the image (indication, history,
 comparison, technique).
+
+What ``read_mentions`` does before and around the pipeline, and why:
+
+- Normalisation and the English-only rule: ``medground.reports.normalise``.
+- Mentions stay within a sentence: line breaks may fall inside one (wrapped lines), but a mention is cut to the
+  sentence of its head word.
+- Question marks: a positive mention followed in its sentence by a "?" before any full stop, semicolon or
+  exclamation mark ("Pneumothorax?", "Effusion or consolidation?"), or written right after one ("?pneumonia"), is
+  uncertain. A question answered by a lone "No"/"None"/"Negative"/"Absent" ("Pneumothorax? No.") is negated; one
+  answered "Yes" stays positive. Negated, hypothetical, historical and family mentions keep their status.
+- Linear time: ConText and the TargetMatcher grow faster than the length of the text they are given, so a long
+  report is read in windows of about ``window_chars`` characters (``MIN_WINDOW_CHARS``, or twice the sentence limit and
+  a margin). From each window only the sentences PyRuSH ended well before its end are kept, the next window starts
+  at the first sentence not kept, and each window also reads a few sentences before its own, so PyRuSH splits
+  sentences as in the whole text; ConText never looks past a sentence, and a window without a header continues the
+  section of the one before: windows read as the whole report would (checked on the test reports with windows of
+  500 characters, and on random text). Only the last ``MAX_MODIFIER_RUN`` modifiers before a head word can start a
+  mention, so the TargetMatcher stays linear in a window too. Realistic text reads in about 0.04 ms a character;
+  text packed with ConText cues (hundreds of "no" in each sentence) in up to 0.35 ms, as ConText compares every cue
+  of a window with every other.
+- Limits, each refused with a ReportError naming it (the environment variable raises it):
+  ``MAX_REPORT_CHARS`` characters (``MEDGROUND_MAX_REPORT_CHARS``, 100,000; MIMIC-CXR reports have a few thousand),
+  ``MAX_MENTIONS`` finding mentions, negated ones included (``MEDGROUND_MAX_REPORT_MENTIONS``, 64; each kept one is
+  a grounding), and ``MAX_SENTENCE_CHARS`` characters in one sentence as PyRuSH splits them (wrapped lines join)
+  (``MEDGROUND_MAX_REPORT_SENTENCE_CHARS``, 2,000). Raising the sentence limit widens the windows, so reading slows
+  down again for reports with such sentences.
 """
+
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from medground.errors import ExtraNotInstalledError, ReportError
+from medground.errors import ReportError
+from medground.reports.normalise import normalise, require_english
+from medground.reports.pipeline import report_pipeline
 from medground.results import Mention
+from medground.text_input import env_limit
 
-
-def _word_set(words: str) -> frozenset[str]:
-    return frozenset(words.split())
-
-
+MAX_REPORT_CHARS = 100_000
+"""Characters in one report; MIMIC-CXR reports have a few thousand, so more is likely several reports pasted."""
+MAX_REPORT_CHARS_ENV = "MEDGROUND_MAX_REPORT_CHARS"
+MAX_MENTIONS = 64
+"""Finding mentions in one report, negated ones included; every kept one is grounded (one heatmap each)."""
+MAX_MENTIONS_ENV = "MEDGROUND_MAX_REPORT_MENTIONS"
+MAX_SENTENCE_CHARS = 2_000
+"""Characters in one sentence: longer is not prose, and ConText's time grows with the square of a sentence's length."""
+MAX_SENTENCE_CHARS_ENV = "MEDGROUND_MAX_REPORT_SENTENCE_CHARS"
+MIN_WINDOW_CHARS = 3_000
+"""Fewest characters the pipeline reads at once (more when twice the sentence limit is more): ConText's and the
+TargetMatcher's time grows with the square of what they read, so a long report is read in windows of this size."""
 KEPT_STATUSES = ("positive", "uncertain")
 """Statuses that are grounded; ``uncertain`` findings are grounded and flagged as such."""
 STATUS_ATTRIBUTES = (("negated", "is_negated"), ("hypothetical", "is_hypothetical"),
                      ("historical", "is_historical"), ("family", "is_family"), ("uncertain", "is_uncertain"))
 """ConText's span attributes in order of precedence: "no possible effusion" is negated, not uncertain."""
-
-FINDING_HEADS: dict[str, tuple[str, ...]] = {
-    "pleural effusion": ("effusion", "effusions", "hydrothorax"),
-    "pneumothorax": ("pneumothorax", "pneumothoraces", "hydropneumothorax"),
-    "atelectasis": ("atelectasis", "collapse"),
-    "consolidation": ("consolidation", "consolidations"),
-    "opacity": ("opacity", "opacities", "opacification", "infiltrate", "infiltrates", "airspace disease"),
-    "pneumonia": ("pneumonia",),
-    "edema": ("edema", "oedema", "congestion"),
-    "cardiomegaly": ("cardiomegaly", "cardiac enlargement"),
-    "nodule": ("nodule", "nodules"),
-    "mass": ("mass", "masses", "lesion", "lesions"),
-    "fracture": ("fracture", "fractures"),
-    "emphysema": ("emphysema", "hyperinflation"),
-    "fibrosis": ("fibrosis", "scarring"),
-    "pleural thickening": ("thickening",),
-    "calcification": ("calcification", "calcifications", "granuloma", "granulomas"),
-    "hernia": ("hernia",),
-    "widened mediastinum": ("widening", "widened mediastinum"),
-    "support device": ("tube", "tubes", "catheter", "pacemaker", "picc line", "wires"),
-}
-"""Finding label -> the head words of its mentions (CheXpert's observations, MS-CXR's classes and common others)."""
-
-MODIFIERS = _word_set("""
-    small tiny trace minimal minimally mild mildly moderate moderately large massive severe severely marked markedly
-    extensive slight slightly subtle early sized sided - to greater than
-    left right bilateral bibasilar bibasal biapical basilar basal apical lateral medial anterior posterior adjacent
-    upper middle mid lower lobe zone lung lingular retrocardiac perihilar hilar subpleural pleural pulmonary
-    parenchymal costophrenic pericardial peribronchial mediastinal rib ribs vertebral clavicular
-    patchy focal multifocal diffuse hazy streaky linear plate platelike discoid subsegmental segmental lobar nodular
-    reticular reticulonodular interstitial alveolar airspace loculated layering dependent calcified noncalcified
-    spiculated rounded round confluent ground glass compression healed displaced nondisplaced hiatal vascular
-    endotracheal nasogastric orogastric enteric feeding chest tracheostomy central venous jugular internal subclavian
-    pigtail dual lead chamber sternotomy
-""")
-"""Words that belong to a finding when they precede its head: size, side, place, appearance, device kind. Words of
-change (new, stable, unchanged, improved) are left out: they describe the comparison, not where to look."""
-
-CONNECTORS = frozenset({"-", "to", "greater", "than"})
-"""Modifiers that only join others ("small to moderate", "left greater than right"), never start a mention."""
-
-LOCATION_WORDS = _word_set("""
-    left right bilateral both upper middle mid lower lobe lobes zone zones base bases lung lungs apex apices hemithorax
-    costophrenic angle angles lingula hilum hila perihilar retrocardiac region regions field fields medial lateral
-    basilar apical
-""")
-"""Words of a trailing location: "opacity in the right lower lobe", "effusion at the left base"."""
-
-HEART_ENLARGEMENT = (
-    [{"LOWER": {"IN": ["heart", "cardiac"]}}, {"LOWER": {"IN": ["size", "silhouette", "contour"]}, "OP": "?"},
-     {"LOWER": {"IN": ["is", "are", "appears", "remains"]}}, {"_": {"finding_modifier": True}, "OP": "*"},
-     {"LOWER": "enlarged"}],
-    [{"_": {"finding_modifier": True}, "OP": "*"}, {"LOWER": "enlarged"}, {"LOWER": {"IN": ["heart", "cardiac"]}},
-     {"LOWER": {"IN": ["size", "silhouette", "contour"]}, "OP": "?"}],
-)
-"""Cardiomegaly in words: "heart size is mildly enlarged", "enlarged cardiac silhouette"."""
-
-SECTION_HEADERS: dict[str, tuple[str, ...]] = {
-    "findings": ("findings",),
-    "impression": ("impression", "conclusion", "opinion"),
-    "indication": ("indication", "clinical indication", "reason for exam", "reason for examination",
-                   "clinical information", "clinical history"),
-    "history": ("history",),
-    "comparison": ("comparison", "comparisons", "prior"),
-    "technique": ("technique", "examination", "exam", "procedure"),
-    "recommendation": ("recommendation", "recommendations"),
-}
-"""Report headers (each followed by a colon) and the section they open."""
 REQUEST_SECTIONS = frozenset({"indication", "history", "comparison", "technique", "recommendation"})
 """Sections that describe the request or the follow-up, not what the image shows: their mentions are not grounded."""
-
-CHECKLIST_RULES = frozenset({": no", ": none"})
-"""ConText defaults for clinical-note checklists ("Fever: no") that misfire on report headers: in "FINDINGS: No
-pneumothorax" the backward ": no" outranks the forward "no", and the pneumothorax would come out positive."""
-
-
-def _radiology_context_rules() -> list:
-    """Phrasings of chest X-ray reports that ConText's default (clinical-note) rules miss or misread."""
-    from medspacy.context import ConTextRule
-
-    def words(*choices: Sequence[str] | str, optional: tuple[int, ...] = ()) -> list[dict[str, Any]]:
-        tokens = []
-        for i, choice in enumerate(choices):
-            token: dict[str, Any] = {"LOWER": choice} if isinstance(choice, str) else {"LOWER": {"IN": list(choice)}}
-            if i in optional:
-                token["OP"] = "?"
-            tokens.append(token)
-        return tokens
-
-    seen = ["seen", "visible", "visualized", "evident", "identified", "present", "appreciated", "demonstrated"]
-    negated, possible = "NEGATED_EXISTENCE", "POSSIBLE_EXISTENCE"
-    return [
-        ConTextRule("has resolved", negated, words(["has", "have", "is", "are"], ["resolved", "cleared"]),
-                    direction="BACKWARD"),
-        ConTextRule("resolution of", negated, words(["resolution", "clearing"], "of"), direction="FORWARD"),
-        ConTextRule("no longer seen", negated, words("no", "longer", seen), direction="BACKWARD"),
-        ConTextRule("is not seen", negated, words(["is", "are", "was", "were"], "not", seen), direction="BACKWARD"),
-        ConTextRule("cannot be excluded", possible,
-                    words(["can", "could", "cannot"], ["not", "n't"], "be", ["excluded", "ruled"], "out",
-                          optional=(1, 4)), direction="BACKWARD"),
-        ConTextRule("is not excluded", possible, words(["is", "are"], "not", "excluded"), direction="BACKWARD"),
-        ConTextRule("cannot exclude", possible,
-                    words(["can", "could", "cannot"], ["not", "n't"], ["exclude", "rule"], "out", optional=(1, 3)),
-                    direction="FORWARD"),
-        ConTextRule("may represent", possible,
-                    words(["may", "might", "could"], ["represent", "reflect", "indicate"]), direction="FORWARD"),
-        ConTextRule("questionable", possible,
-                    words(["questionable", "probable", "possibly", "suspected", "presumed", "equivocal"]),
-                    direction="FORWARD"),
-        ConTextRule(";", "CLAUSE_BREAK", words(";"), direction="TERMINATE"),
-    ]
-
-
-def _target_rules() -> list:
-    """Every finding head with its preceding modifiers, alone, with a trailing location, or with "left greater than
-    right" after it; the TargetMatcher keeps the longest of overlapping matches. Line breaks may fall anywhere in a
-    mention (reports are often wrapped at a fixed width)."""
-    from medspacy.target_matcher import TargetRule
-    from spacy.tokens import Token
-
-    Token.set_extension("finding_modifier", getter=lambda t: t.is_space or t.lower_ in MODIFIERS, force=True)
-    Token.set_extension("finding_location", getter=lambda t: t.is_space or t.lower_ in LOCATION_WORDS, force=True)
-    space = {"IS_SPACE": True, "OP": "*"}
-    number = [{"LIKE_NUM": True, "OP": "?"}, {"LOWER": {"IN": ["cm", "mm"]}, "OP": "?"}]
-    location = [space, {"LOWER": {"IN": ["in", "at", "of", "within", "involving", "along", "overlying"]}}, space,
-                {"LOWER": {"IN": ["the", "both"]}, "OP": "?"}, {"_": {"finding_location": True}, "OP": "+"}]
-    sides = ["left", "right"]
-    laterality = [{"LOWER": ",", "OP": "?"}, space, {"LOWER": {"IN": sides}}, space,
-                  {"LOWER": {"IN": ["greater", "more"]}}, space, {"LOWER": "than"}, space, {"LOWER": {"IN": sides}}]
-    rules = []
-    for label, heads in FINDING_HEADS.items():
-        for head in heads:
-            words = [token for word in head.split() for token in (space, {"LOWER": word})][1:]
-            core = [*number, {"_": {"finding_modifier": True}, "OP": "*"}, *words]
-            rules.extend(TargetRule(head, label, pattern=core + tail) for tail in ([], location, laterality))
-    rules.extend(TargetRule("enlarged heart", "cardiomegaly", pattern=pattern) for pattern in HEART_ENLARGEMENT)
-    return rules
-
-
-def _section_rules() -> list:
-    from medspacy.section_detection import SectionRule
-
-    return [SectionRule(f"{header}:", category, pattern=[*({"LOWER": w} for w in header.split()), {"LOWER": ":"}])
-            for category, headers in SECTION_HEADERS.items() for header in headers]
-
-
-@functools.lru_cache(maxsize=1)
-def report_pipeline():
-    """The spaCy pipeline, built once per process (a second or two)."""
-    try:
-        import medspacy
-        from loguru import logger
-        from medspacy.context import ConTextRule
-        from spacy.language import Language
-    except ImportError as exc:
-        raise ExtraNotInstalledError(f"reading reports needs medspaCy: pip install 'medground[reports]' ({exc})") \
-            from exc
-    logger.disable("PyRuSH")  # PyRuSH logs every sentence boundary at DEBUG level
-    nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer", "medspacy_pyrush", "medspacy_target_matcher"])
-    nlp.get_pipe("medspacy_target_matcher").add(_target_rules())
-    if not Language.has_factory("medground_trim_mentions"):
-        Language.component("medground_trim_mentions", func=_trim_mentions)
-    nlp.add_pipe("medground_trim_mentions")
-    nlp.add_pipe("medspacy_sectionizer", config={"rules": None, "span_attrs": None}).add(_section_rules())
-    context = nlp.add_pipe("medspacy_context", config={"rules": None})
-    defaults = ConTextRule.from_json(context.DEFAULT_RULES_FILEPATH)
-    context.add([rule for rule in defaults if rule.literal not in CHECKLIST_RULES] + _radiology_context_rules())
-    return nlp
+_CLAUSE_ENDS = frozenset(".;!?")
+_ANSWERS = {"no": "negated", "none": "negated", "negative": "negated", "absent": "negated", "yes": "positive"}
+"""A lone word after a question, and the status it gives the question's positive mentions."""
+_LOOKAHEAD = 200
+"""Characters PyRuSH must see after a sentence's end before that end is trusted (its rules look a few tokens ahead)."""
+_LOOKBEHIND = (200, 1_000)
+"""How far before its own part a window's doc starts (at a sentence start): PyRuSH pairs sentence begins and ends in
+order and treats a text's start specially, so its split can depend on text before."""
+_SPACES = re.compile(r"\s*")
 
 
 def dropped_reason(status: str, section: str | None) -> str:
@@ -204,45 +82,179 @@ def dropped_reason(status: str, section: str | None) -> str:
     return f"{section} section" if section in REQUEST_SECTIONS else ""
 
 
-MAX_REPORT_BYTES = 100_000
-"""A chest X-ray report is a few thousand characters (MIMIC-CXR's longest are under 10 KB)."""
-MAX_REPORT_BYTES_ENV = "MEDGROUND_MAX_REPORT_BYTES"
-
-
 def read_report(source: str | Path) -> str:
-    """A report from a UTF-8 file (a byte-order mark is accepted), or from standard input for ``-``."""
-    from medground.text_input import env_limit, read_text
+    """A report from a UTF-8 file (a byte-order mark is accepted), or from standard input for ``-``; at most four
+    bytes per character of ``MAX_REPORT_CHARS`` are read (``read_mentions`` checks the characters)."""
+    from medground.text_input import read_text
 
-    limit = env_limit(MAX_REPORT_BYTES_ENV, MAX_REPORT_BYTES, ReportError)
-    return read_text(source, "report", ReportError, limit, f"; set {MAX_REPORT_BYTES_ENV} to read a longer one")
+    limit = 4 * env_limit(MAX_REPORT_CHARS_ENV, MAX_REPORT_CHARS, ReportError)
+    return read_text(source, "report", ReportError, limit, f"; set {MAX_REPORT_CHARS_ENV} to read a longer one")
 
 
 def read_mentions(report: str) -> list[Mention]:
-    """Every finding mention of ``report``, in reading order, with its status and section."""
+    """Every finding mention of ``report``, in reading order, with its status and section (see the module's
+    docstring for the normalisation, the English-only rule, question marks and the limits)."""
     if not isinstance(report, str):
         raise ReportError(f"a report must be text, got {type(report).__name__}")
-    if not report.strip():
+    _check_report_size(report)
+    text, origin = normalise(report)
+    if not text.strip():
         raise ReportError("the report is empty: paste or pass the report's text (e.g. its FINDINGS and IMPRESSION)")
-    doc = report_pipeline()(report)
-    mentions = []
-    for span in doc.ents:
-        status = next((name for name, attribute in STATUS_ATTRIBUTES if getattr(span._, attribute)), "positive")
-        mentions.append(Mention(text=" ".join(span.text.split()), label=span.label_, status=status,
-                                sentence=" ".join(span.sent.text.split()), section=span[0]._.section_category,
-                                start=span.start_char, reason=dropped_reason(status, span[0]._.section_category)))
+    require_english(text)
+    max_sentence = env_limit(MAX_SENTENCE_CHARS_ENV, MAX_SENTENCE_CHARS, ReportError)
+    max_mentions = env_limit(MAX_MENTIONS_ENV, MAX_MENTIONS, ReportError)
+    mentions: list[Mention] = []
+    section = None
+    for offset, doc, begin, end in read_windows(text, origin, max_sentence):
+        _check_sentences(doc, begin, end, offset, origin, max_sentence)
+        mentions.extend(_doc_mentions(doc, begin, end, offset, origin, section))
+        if len(mentions) > max_mentions:
+            raise ReportError(f"the report has more than {max_mentions} finding mentions (the limit; the one past it "
+                              f"is {mentions[max_mentions].text!r} at character {mentions[max_mentions].start:,}): "
+                              f"is it several reports pasted together? Pass one report, or raise the limit: set "
+                              f"{MAX_MENTIONS_ENV} to a larger number")
+        section = _section_at(doc, end, section)
     return mentions
 
 
-def _trim_mentions(doc):
-    """Mentions without the connectors and line breaks the modifier patterns let them start with ("due to
-    atelectasis" -> "atelectasis", a bullet's "- small effusion" -> "small effusion"), before ConText reads them."""
-    from spacy.tokens import Span
+def read_windows(text: str, origin: Sequence[int], max_sentence: int) -> Iterator[tuple[int, Any, int, int]]:
+    """``(offset, doc, begin, end)`` in reading order: ``doc`` is the pipeline's reading of ``text`` from ``offset``;
+    the part from ``begin`` to ``end`` (characters of ``doc``) is this window's. Before it, ``doc`` holds up to
+    ``_LOOKBEHIND`` characters of the previous window's sentences, after it at least ``_LOOKAHEAD`` characters, so
+    PyRuSH splits the part as in the whole text. The next window's part starts at ``end``; every window advances by a
+    sentence at least and its doc has at most ``window_chars`` + 1,000 characters, so reading is linear."""
+    nlp = report_pipeline()
+    window = window_chars(max_sentence)
+    start = context = _SPACES.match(text).end()  # this window's part, and where its doc starts
+    while start < len(text):
+        doc = nlp(text[context : start + window])
+        begin = start - context
+        if start + window >= len(text):
+            yield context, doc, begin, len(doc.text)
+            return
+        end = _window_end(doc, begin, begin + window - _LOOKAHEAD)
+        if not end:
+            raise _sentence_error(origin[start], f"more than {window - _LOOKAHEAD:,}", text[start : start + 100],
+                                  max_sentence)
+        yield context, doc, begin, end
+        following = _SPACES.match(text, context + end).end()
+        context += _window_end(doc, max(begin, end - _LOOKBEHIND[1]), end - _LOOKBEHIND[0]) or end
+        start = following
 
-    trimmed = []
+
+def _window_end(doc, after: int, limit: int) -> int:
+    """The last sentence start of ``doc`` after character ``after`` and up to ``limit`` that begins a line with a
+    letter (a header, a line of prose), else one that begins a line, else the last one (0 when there is none):
+    PyRuSH treats a text's start specially ("2." starting a text is a sentence of its own), less so at such lines."""
+    starts = [s.start_char for s in doc.sents if after < s.start_char <= limit]
+    text = doc.text
+    line_starts = [start for start in starts if "\n" in text[start - 1]]
+    lettered = [start for start in line_starts if text[start].isalpha()]
+    return next((found[-1] for found in (lettered, line_starts, starts) if found), 0)
+
+
+def window_chars(max_sentence: int) -> int:
+    """Characters of a window's own part and look-ahead: room for two longest sentences and the look-ahead, so a
+    window without a final sentence end holds a sentence over the limit."""
+    return max(MIN_WINDOW_CHARS, 2 * max_sentence + _LOOKAHEAD)
+
+
+def _check_report_size(report: str) -> None:
+    limit = env_limit(MAX_REPORT_CHARS_ENV, MAX_REPORT_CHARS, ReportError)
+    if len(report) > limit:
+        raise ReportError(f"the report has {len(report):,} characters, over the limit of {limit:,}: is it several "
+                          f"reports pasted together? Pass one report, or raise the limit: set {MAX_REPORT_CHARS_ENV} "
+                          "to a larger number")
+
+
+def _sentence_error(at: int, length: str, text: str, limit: int) -> ReportError:
+    """A sentence (``text``, at character ``at`` of the caller's report, of ``length`` characters) over ``limit``."""
+    preview = " ".join(text[:60].split())
+    return ReportError(f"a sentence at character {at:,} has {length} characters, over the limit of {limit:,} "
+                       f"({preview!r}...): end its sentences with full stops, or raise the limit: set "
+                       f"{MAX_SENTENCE_CHARS_ENV} to a larger number")
+
+
+def _check_sentences(doc, begin: int, end: int, offset: int, origin: Sequence[int], limit: int) -> None:
+    """Refuse a sentence of the window (as PyRuSH splits them: wrapped lines join) longer than ``limit`` characters."""
+    for sentence in doc.sents:
+        if sentence.start_char >= end:
+            break
+        if sentence.end_char <= begin:
+            continue
+        stripped = sentence.text.strip()
+        if len(stripped) > limit:
+            start = offset + sentence.start_char + len(sentence.text) - len(sentence.text.lstrip())
+            raise _sentence_error(origin[start], f"{len(stripped):,}", stripped, limit)
+
+
+def _doc_mentions(doc, begin: int, end: int, offset: int, origin: Sequence[int], section: str | None) \
+        -> list[Mention]:
+    """The mentions starting from ``begin`` to ``end`` of a window's doc; ``section`` is the section open at
+    ``begin`` (that of the doc's header before, else the one carried over)."""
+    clause_end = _next_clause_ends(doc)
+    mentions = []
     for span in doc.ents:
-        start = span.start
-        while start < span.end - 1 and (doc[start].is_space or doc[start].lower_ in CONNECTORS):
-            start += 1
-        trimmed.append(Span(doc, start, span.end, label=span.label_))
-    doc.ents = trimmed
-    return doc
+        if span.start_char < begin:
+            continue
+        if span.start_char >= end:
+            break
+        status = next((name for name, attribute in STATUS_ATTRIBUTES if getattr(span._, attribute)), "positive")
+        if status == "positive":
+            status = _question_status(span, clause_end) or status
+        mentions.append(Mention(text=" ".join(span.text.split()), label=span.label_, status=status,
+                                sentence=" ".join(span.sent.text.split()),
+                                section=span[0]._.section_category or section,
+                                start=origin[offset + span.start_char],
+                                reason=dropped_reason(status, span[0]._.section_category or section)))
+    return mentions
+
+
+def _section_at(doc, end: int, section: str | None) -> str | None:
+    """The section open at character ``end`` of ``doc``: that of its last header before, else still ``section``."""
+    for part in doc._.sections:
+        if part.category is not None and doc[part.title_start].idx < end:
+            section = part.category
+    return section
+
+
+def _next_clause_ends(doc) -> list[int]:
+    """For each token, the index of the first token at or after it that ends a clause (. ; ! ?), else len(doc)."""
+    following = [len(doc)] * (len(doc) + 1)
+    for i in range(len(doc) - 1, -1, -1):
+        following[i] = i if _ends_clause(doc[i]) else following[i + 1]
+    return following
+
+
+def _ends_clause(token) -> bool:
+    return bool(token.text) and set(token.text) <= _CLAUSE_ENDS
+
+
+def _is_question(token) -> bool:
+    return bool(token.text) and set(token.text) == {"?"}
+
+
+def _question_status(span, clause_end: list[int]) -> str | None:
+    """The status a question mark gives a positive mention, or None when it is not asked about: uncertain, or the
+    status of a one-word answer ("Pneumothorax? No." is negated)."""
+    doc = span.doc
+    before = doc[span.start - 1] if span.start > 0 else None
+    if before is not None and _is_question(before) and not before.whitespace_:
+        return "uncertain"  # "?pneumonia"
+    end = clause_end[span.end]
+    if end >= span.sent.end or not _is_question(doc[end]):
+        return None
+    return _answer(doc, end + 1) or "uncertain"
+
+
+def _answer(doc, i: int) -> str | None:
+    """The status given by a lone answer word at token ``i`` (after more question marks and spaces on the same or
+    the next line), when the word ends its clause or line."""
+    while i < len(doc) and (_is_question(doc[i]) or (doc[i].is_space and doc[i].text.count("\n") <= 1)):
+        i += 1
+    if i >= len(doc) or doc[i].lower_ not in _ANSWERS:
+        return None
+    after = doc[i + 1] if i + 1 < len(doc) else None
+    if after is None or after.text in (".", ",", ";", "!") or (after.is_space and "\n" in after.text):
+        return _ANSWERS[doc[i].lower_]
+    return None
