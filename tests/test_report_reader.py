@@ -10,7 +10,6 @@ import pytest
 from test_reports import REPORTS
 
 import medground.reports.findings as findings
-import medground.reports.pipeline as pipeline
 from medground.errors import ReportError
 from medground.reports.findings import (
     MAX_MENTIONS,
@@ -24,7 +23,7 @@ from medground.reports.findings import (
     window_chars,
 )
 from medground.reports.normalise import normalise, require_english
-from medground.reports.pipeline import FINDING_HEADS, SECTION_HEADERS
+from medground.reports.pipeline import FINDING_HEADS, MAX_MODIFIER_RUN, SECTION_HEADERS
 
 STATUSES = {"positive", "uncertain", "negated", "hypothetical", "historical", "family"}
 
@@ -276,9 +275,9 @@ def test_long_modifier_runs_are_cut_so_matching_stays_linear():
     MAX_MODIFIER_RUN modifiers before a head word are modifiers now."""
     pipeline = findings.report_pipeline()
     doc = pipeline("small " * 300 + "effusion. " + "- " * 500 + "Nodule.")
-    assert sum(token._.finding_modifier for token in doc) == 2 * pipeline.MAX_MODIFIER_RUN  # before each head
+    assert sum(token._.finding_modifier for token in doc) == 2 * MAX_MODIFIER_RUN  # before each head
     assert [m.text for m in read_mentions("small " * 300 + "effusion.")] == \
-        [" ".join(["small"] * pipeline.MAX_MODIFIER_RUN + ["effusion"])]
+        [" ".join(["small"] * MAX_MODIFIER_RUN + ["effusion"])]
     report = "Moderate to large right-sided pleural\neffusion, left greater than right."
     assert [m.text for m in read_mentions(report)] \
         == ["Moderate to large right-sided pleural effusion, left greater than right"]
