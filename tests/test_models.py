@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medground import load_model
-from medground.backbones.model_dir import sha256_of
 from medground.backbones.monai_convert import convert_monai_ldm
+from medground.backbones.weights import sha256_of
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
 

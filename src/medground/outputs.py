@@ -19,13 +19,14 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medground.errors import RunDirError
+from medground.errors import MedgroundError, RunDirError
 
 if TYPE_CHECKING:
     from medground.config import GroundingConfig
@@ -209,3 +210,79 @@ class GroundingFiles:
         overlay = [write_atomic(self.folder / f"{base}.png", findings_png(pixels, grounding.findings))] \
             if grounding.findings else []
         return [write_atomic(self.folder / f"{base}.json", json_bytes(document)), *overlay, *heatmaps]
+
+
+# --- folders written whole (model directories) ---------------------------------------------------------------------
+COPY_CHUNK = 1 << 20
+
+
+def check_new_folder(out: Path, error: type[MedgroundError]) -> None:
+    """``out`` is a new folder (or an empty one): a folder written whole never mixes with or replaces files."""
+    if out.is_symlink():
+        raise error(f"--out {out} is a symbolic link; name a new folder (not a link)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise error(f"--out {out} exists and is not a folder; choose a new folder")
+    entries = sorted(entry.name for entry in out.iterdir())
+    if entries:
+        raise error(f"--out {out} already exists and is not empty ({len(entries)} entries, e.g. {entries[0]!r}); "
+                    "choose a new folder, or remove this one first")
+
+
+def check_apart(out: Path, sources: dict[str, Path], error: type[MedgroundError]) -> None:
+    """Writing into a source (or a source into the new folder) would corrupt what is being read and hashed."""
+    target = out.resolve()
+    for role, folder in sources.items():
+        real = folder.resolve()
+        if target == real:
+            raise error(f"--out {out} is the {role} source folder itself; choose a new folder")
+        if target.is_relative_to(real):
+            raise error(f"--out {out} lies inside the {role} source folder {folder}; choose a folder outside it")
+        if real.is_relative_to(target):
+            raise error(f"the {role} source folder {folder} lies inside --out {out}; choose a folder that does not "
+                        "contain the source")
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, error: type[MedgroundError]) -> Iterator[Path]:
+    """A hidden sibling of ``out`` to write into, which becomes ``out`` in one rename when the block ends (same file
+    system, so the rename is atomic); on any failure it is removed with the parent folders it needed, and a write
+    error (a full disk, permissions) is ``error`` naming ``out`` and its free space."""
+    created = [parent for parent in reversed(out.absolute().parents) if not parent.exists()]
+    try:
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:100]}.partial-{os.getpid()}-", dir=out.absolute().parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise error(f"cannot create the folder for --out {out}: {exc.strerror or exc}") from None
+    try:
+        yield staging.resolve()
+        os.replace(staging, out)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
+        if isinstance(exc, OSError):
+            raise error(f"cannot write the model for --out {out}: {exc.strerror or exc} "
+                        f"({free_space(out.absolute().parent)}); nothing was left behind") from None
+        raise
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def copy_hashed(source: Path, target: Path) -> str:
+    """Stream ``source`` into the new file ``target`` in 1 MiB chunks and return the SHA-256 of the bytes that
+    passed: the copy is byte for byte the file whose hash is recorded, and no file is ever held in memory."""
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as reader, target.open("xb") as writer:
+        for chunk in iter(lambda: reader.read(COPY_CHUNK), b""):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()

@@ -11,6 +11,7 @@ probabilities explicitly, hands them over, and is removed again; every other mod
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,16 +20,15 @@ import torch
 from torch import nn
 
 from medground.backbones.base import AttentionSink, Backbone, NoiseSchedule
-from medground.backbones.model_dir import (
-    MODEL_FILE,
+from medground.backbones.model_dir import MODEL_FILE, spec_noise_schedule, spec_parts
+from medground.backbones.weights import (
     check_finite,
+    check_size,
     inside,
     load_state_strict,
     read_json_object,
     read_safetensors,
     read_torch_state,
-    spec_noise_schedule,
-    spec_parts,
 )
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
@@ -177,7 +177,10 @@ def load_network(model_dir: Path, spec: dict[str, Any], part: str) -> nn.Module:
 
 def load_component(folder: Path, part: str) -> nn.Module:
     """Build ``UNet2DConditionModel`` / ``AutoencoderKL`` from the folder's ``config.json`` and load its weights
-    strictly (every parameter filled, no key left over, finite values)."""
+    strictly (every parameter filled, no key left over, floating and finite values).
+
+    The network is built on the meta device and takes the loaded tensors themselves, so loading holds one copy of
+    the weights, not a random initialisation beside them (a full-size SD UNet: 3.5 GB instead of 7)."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise WeightsNotFoundError(f"{part} config not found: {config_path}")
@@ -186,24 +189,38 @@ def load_component(folder: Path, part: str) -> nn.Module:
     if config.get("_class_name") != expected:
         raise ModelLoadError(f"{config_path}: _class_name is {config.get('_class_name')!r}; the diffusers family "
                              f"loads {expected} here")
-    try:
-        network = network_class(part).from_config(config)
-    except (TypeError, ValueError, KeyError, AssertionError, IndexError, AttributeError) as exc:
-        raise ModelLoadError(f"{config_path} does not describe a buildable {expected}: {type(exc).__name__}: "
-                             f"{exc}") from exc
+    network = _build_component(config, config_path, part, torch.device("meta"))
     weights, origin = read_weights(folder)
     load_state_strict(network, weights, origin)
+    if any(tensor.is_meta for tensor in (*network.parameters(), *network.buffers())):
+        # a buffer outside the state dict (non-persistent) has no values on meta: build for real and copy in
+        network = _build_component(config, config_path, part, torch.device("cpu"))
+        load_state_strict(network, weights, origin)
     return network.eval().requires_grad_(False)
+
+
+def _build_component(config: dict[str, Any], config_path: Path, part: str, device: torch.device) -> nn.Module:
+    """The network a config describes, on ``device``; on the meta device (always built first) it is refused above
+    ``MAX_PARAMETERS`` before anything is allocated."""
+    try:
+        with device:
+            network = network_class(part).from_config(config)
+        return check_size(network, str(config_path)) if device.type == "meta" else network
+    except (TypeError, ValueError, KeyError, AssertionError, IndexError, AttributeError) as exc:
+        raise ModelLoadError(f"{config_path} does not describe a buildable {NETWORKS[part]}: {type(exc).__name__}: "
+                             f"{exc}") from exc
 
 
 def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The weights of a diffusers component folder: one safetensors file, a sharded set, or a legacy ``.bin`` (read
-    with ``weights_only``, never unpickling code)."""
+    with ``weights_only``, never unpickling code), each tensor read once into memory of its own."""
     single, index, legacy = (folder / name for name in WEIGHT_FILES)
     if single.is_file():
         return read_safetensors(single), str(single)
     if index.is_file():
-        shards = read_json_object(index).get("weight_map", {})
+        shards = read_json_object(index).get("weight_map")
+        if not isinstance(shards, dict) or not all(isinstance(shard, str) for shard in shards.values()):
+            raise ModelLoadError(f"{index}: 'weight_map' must map weight names to shard file names")
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(shards.values())):
             state.update(read_safetensors(inside(folder, shard, str(index))))
@@ -292,3 +309,54 @@ def save_diffusers_model(out_dir: Path, spec: dict[str, Any], unet: nn.Module, a
             "tokenizer": {"class": tokenizer_class, "source": {"path": "."}, **spec.get("tokenizer", {})}}
     (out_dir / MODEL_FILE).write_text(json.dumps(full, indent=2) + "\n")
     return out_dir
+
+
+PROMPT_LENGTH = 77
+"""The text length of the dry pass that finds grid sides (only shapes matter)."""
+
+
+def quarter_resolution_layers(unet_config: dict[str, Any], vae_config: dict[str, Any], image_size: int,
+                               unet_folder: Path) -> list[str]:
+    """The cross-attention layers whose grid side is a quarter of the latent's, as ``layers_at_quarter_resolution``
+    finds them on the loaded model: one pass of a blank image through the autoencoder's encoder and the UNet. Grid
+    sides depend only on shapes, so the networks are built on the meta device (no weights, no arithmetic); where
+    an operation has no meta kernel the same pass runs on randomly initialised CPU networks."""
+    try:
+        latent_side, sides = _grid_sides(unet_config, vae_config, image_size, torch.device("meta"))
+    except Exception:  # meta is only a shortcut (an operation may lack a meta kernel); the CPU pass is the reference
+        try:
+            latent_side, sides = _grid_sides(unet_config, vae_config, image_size, torch.device("cpu"))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelLoadError(f"the UNet ({unet_folder}) cannot run on the autoencoder's latents: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    quarter = latent_side // 4
+    layers = [path for path, side in sides.items() if side == quarter]
+    if not layers:
+        raise ModelLoadError(f"the UNet ({unet_folder}) has no cross-attention layer at {quarter}x{quarter} for a "
+                             f"{latent_side}x{latent_side} latent (grid sides: {sorted(set(sides.values()))}); "
+                             "medground cannot choose its default layers")
+    return layers
+
+
+def _grid_sides(unet_config: dict[str, Any], vae_config: dict[str, Any], image_size: int,
+                device: torch.device) -> tuple[int, dict[str, int]]:
+    """Latent side and each cross-attention layer's grid side, in the order the UNet runs them."""
+    from diffusers.models.attention_processor import Attention
+
+    with device:
+        autoencoder: nn.Module = network_class("autoencoder").from_config(vae_config)
+        unet: nn.Module = network_class("unet").from_config(unet_config)
+    sides: dict[str, int] = {}
+
+    def sink(path: str, probabilities: torch.Tensor) -> None:
+        sides[path] = math.isqrt(probabilities.shape[2])
+
+    for path, module in unet.named_modules():
+        if path.endswith("attn2") and isinstance(module, Attention):
+            module.set_processor(_CapturingProcessor(path, sink))
+    with torch.no_grad():
+        pixels = torch.zeros(1, autoencoder.config.in_channels, image_size, image_size, device=device)
+        latents = autoencoder.encode(pixels).latent_dist.mean
+        context = torch.zeros(1, PROMPT_LENGTH, unet.config.cross_attention_dim, device=device)
+        unet(latents, torch.zeros(1, device=device, dtype=torch.long), encoder_hidden_states=context)
+    return int(latents.shape[-1]), sides

@@ -11,19 +11,26 @@ strict weight keys, finite weights, a usable noise schedule and latent scale. Ea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections.abc import Callable
+import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from medground.backbones.base import NoiseSchedule
+from medground.backbones.weights import (
+    check_finite,
+    check_text_dtypes,
+    first_line,
+    inside,
+    pickled_objects_message,
+    read_json_object,
+    text_checkpoint_dtypes,
+)
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
 MODEL_FORMAT = "medground-ldm/1"
@@ -53,20 +60,6 @@ def hub_snapshot(hub_id: str, revision: str, allow_patterns: list[str] | None = 
             "or pass a local folder."
         ) from exc
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A model's JSON file (``model.json``, a component's ``config.json``), checked to be an object."""
-    from medground.text_input import read_json_object as read_object
-
-    return read_object(path, "model description", ModelLoadError)
 
 
 def read_spec(model_dir: Path) -> dict[str, Any]:
@@ -128,45 +121,6 @@ def spec_noise_schedule(values: Any, where: str) -> NoiseSchedule:
         raise ModelLoadError(f"{where}: noise_schedule: {exc}") from None
 
 
-def inside(root: Path, relative: Any, where: str) -> Path:
-    """``root / relative``, refusing absolute paths and paths that climb out of ``root``."""
-    if not isinstance(relative, str) or not relative:
-        raise ModelLoadError(f"{where}: expected a relative path inside {root}, got {relative!r}")
-    candidate = (root / relative).resolve()
-    if Path(relative).is_absolute() or not candidate.is_relative_to(root.resolve()):
-        raise ModelLoadError(f"{where}: path {relative!r} leaves the model directory {root}")
-    return candidate
-
-
-def check_finite(named: dict[str, torch.Tensor] | nn.Module, where: str) -> None:
-    """NaN or infinite weights make blank or shifted maps without any error downstream: refuse them here."""
-    items = named.state_dict().items() if isinstance(named, nn.Module) else named.items()
-    for key, tensor in items:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelLoadError(f"{where}: weight {key!r} holds NaN or infinite values")
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weights not found: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from exc
-
-
-def read_torch_state(path: Path) -> dict[str, torch.Tensor]:
-    """A plain ``.pt``/``.bin`` state dict, read with ``weights_only`` (never unpickling code)."""
-    if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several kinds for corrupt or non-checkpoint files
-        raise ModelLoadError(f"cannot read {path} as a PyTorch state dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path} holds a {type(state).__name__}, expected a state dict")
-    return state
-
 
 def spec_parts(model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None,
                factor: int) -> dict[str, Any]:
@@ -178,45 +132,6 @@ def spec_parts(model_dir: Path, spec: dict[str, Any], text_source: dict[str, str
             "noise_schedule": spec_noise_schedule(spec.get("noise_schedule"), where),
             "latent_scale": spec_latent_scale(spec, where), "image_size": spec_image_size(spec, where, factor),
             "name": str(spec.get("name", model_dir.name)), "description": spec}
-
-
-def load_state_strict(network: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Every parameter filled, no key left over, shapes equal, values finite."""
-    check_finite(state, where)
-    try:
-        result = network.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ModelLoadError(f"{where} does not fit {type(network).__name__}: {exc}") from exc
-    if result.missing_keys or result.unexpected_keys:
-        raise ModelLoadError(
-            f"{where} does not match {type(network).__name__}: {len(result.missing_keys)} missing keys "
-            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
-            f"(e.g. {result.unexpected_keys[:3]})")
-
-
-MAX_PARAMETERS = 4_000_000_000
-"""16 GB of fp32 weights: above every latent diffusion model medground knows (SDXL's UNet has 2.6 billion)."""
-
-
-def build_sized(build: Callable[[], nn.Module], where: str) -> nn.Module:
-    """``build()`` run first on the meta device, where it allocates nothing, and refused when its parameter count
-    is over ``MAX_PARAMETERS``: a description with absurd widths would otherwise ask for terabytes."""
-    with torch.device("meta"):
-        count = sum(parameter.numel() for parameter in build().parameters())
-    if count > MAX_PARAMETERS:
-        raise ModelLoadError(f"{where}: the network it describes has {count:,} parameters, over the limit of "
-                             f"{MAX_PARAMETERS:,}; check its widths and channels")
-    return build()
-
-
-def build_network(cls: type[nn.Module], args: Any, where: str) -> nn.Module:
-    """Instantiate an allow-listed class; arguments that do not fit it are a ModelLoadError naming them."""
-    if not isinstance(args, dict):
-        raise ModelLoadError(f"{where}: 'args' must be an object, got {args!r}")
-    try:
-        return build_sized(lambda: cls(**args), where)
-    except (TypeError, ValueError, AssertionError, KeyError, IndexError, ZeroDivisionError) as exc:
-        raise ModelLoadError(f"{where}: {cls.__name__}({args}) cannot be built: {type(exc).__name__}: {exc}") from exc
 
 
 TEXT_ENCODER_CLASSES = {"transformers.CLIPTextModel", "transformers.BertModel"}
@@ -265,21 +180,29 @@ def _load_text_part(model_dir: Path, spec: dict[str, Any], part: str, override: 
             # transformers would build an empty tokenizer that maps every word to the unknown token
             raise WeightsNotFoundError(f"no tokenizer in {folder} (looked for {', '.join(TOKENIZER_FILES)}, and for "
                                        f"a tokenizer/ subfolder)")
+        checkpoint = text_checkpoint_dtypes(folder) if part == "text_encoder" else None
         try:
             loaded = cls.from_pretrained(str(folder), local_files_only=True, **options, **_info(part))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise ModelLoadError(f"cannot load {part} from {folder}: {exc}") from exc
+        except pickle.UnpicklingError as exc:  # weights_only refused the pickle; torch's advice is to turn it off
+            raise ModelLoadError(pickled_objects_message(folder, exc)) from None
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise ModelLoadError(f"cannot load {part} from {folder}: {first_line(exc)}") from None
         origin = str(folder)
     else:
         subfolder = source.get("subfolder", part)
         try:
             loaded = cls.from_pretrained(source["hub_id"], revision=source.get("revision", "main"),
                                          subfolder=subfolder, **options, **_info(part))
+        except pickle.UnpicklingError as exc:
+            raise ModelLoadError(pickled_objects_message(f"{source['hub_id']}/{subfolder}", exc)) from None
+        except (RuntimeError, SafetensorError) as exc:
+            raise ModelLoadError(f"cannot load {part} from hub id {source['hub_id']!r}: {first_line(exc)}") from None
         except (OSError, ValueError) as exc:
             raise WeightsNotFoundError(
                 f"{part} not available from hub id {source['hub_id']!r} revision {source.get('revision')!r} "
                 f"subfolder {subfolder!r}: {exc}. Pass a local folder instead "
                 "(load_model(..., text_encoder=DIR) or --text-encoder DIR).") from exc
+        checkpoint = None
         origin = f"{source['hub_id']}@{source.get('revision', 'main')}/{subfolder}"
     if part != "text_encoder":
         max_length = entry.get("max_length")
@@ -293,6 +216,8 @@ def _load_text_part(model_dir: Path, spec: dict[str, Any], part: str, override: 
     if unfilled:
         raise ModelLoadError(f"{part} from {origin} leaves {len(unfilled)} parameters unfilled or of the wrong shape "
                              f"(e.g. {unfilled[:3]}): these weights are not for {entry['class']}")
+    if checkpoint:
+        check_text_dtypes(loaded, *checkpoint)
     check_finite(loaded, f"{part} {origin}")
     return loaded.eval().requires_grad_(False)
 

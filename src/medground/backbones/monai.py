@@ -16,14 +16,8 @@ from torch import nn
 
 from medground.backbones.base import AttentionSink, Backbone
 from medground.backbones.components import PixelUnshuffleAutoencoder
-from medground.backbones.model_dir import (
-    MODEL_FILE,
-    build_network,
-    inside,
-    load_state_strict,
-    read_safetensors,
-    spec_parts,
-)
+from medground.backbones.model_dir import MODEL_FILE, spec_parts
+from medground.backbones.weights import build_network, inside, load_state_strict, read_safetensors
 from medground.errors import ModelLoadError
 
 PAPER_CROSS_ATTENTION_LAYERS = (

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from medground.backbones.base import NoiseSchedule
-from medground.backbones.model_dir import parse_source, read_torch_state, save_model_dir, sha256_of, text_part_folder
+from medground.backbones.model_dir import parse_source, save_model_dir, text_part_folder
 from medground.backbones.monai import network_class
+from medground.backbones.weights import read_torch_state, sha256_of
 from medground.errors import ModelLoadError, WeightsNotFoundError
 
 PAPER_AUTOENCODER_ARGS: dict[str, Any] = {
