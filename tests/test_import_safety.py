@@ -209,7 +209,7 @@ def test_the_transformers_loader_itself_refuses_pickles_cleanly(pipeline, tmp_pa
     """Where transformers unpickles before medground's own reader (here: the pre-read switched off)."""
     import medground.backbones.model_dir as model_dir
 
-    monkeypatch.setattr(model_dir, "_text_checkpoint_dtypes", lambda folder: None)
+    monkeypatch.setattr(model_dir, "text_checkpoint_dtypes", lambda folder: None)
     path = pickle_with_code(pipeline / "text_encoder", "pytorch_model.bin", pipeline / TEXT_FILE, tmp_path / MARKER)
     with pytest.raises(ModelLoadError) as caught:
         load_model(pipeline)
@@ -310,9 +310,9 @@ def test_import_holds_one_network_at_a_time(pipeline, tmp_path, monkeypatch):
 
     monkeypatch.setattr(importer, "load_component", tracked(importer.load_component))
     monkeypatch.setattr(importer, "load_text_part", tracked(importer.load_text_part))
-    import medground.backbones.model_dir as model_dir
+    import medground.loading as loading
 
-    monkeypatch.setattr(model_dir, "load_model", lambda *a, **k: pytest.fail("import must not load the whole model"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("import must not load the whole model"))
     import_diffusers(str(pipeline), tmp_path / "out")
     assert len(alive) == 3 and all(ref() is None for ref in alive)
 
@@ -359,14 +359,16 @@ def test_a_sharded_unet_is_copied_with_its_index(pipeline, tmp_path):
 
 def test_default_layers_without_the_meta_device_are_the_same(pipeline, tmp_path, monkeypatch):
     expected = load_model(pipeline).layers_at_quarter_resolution()
-    grid_sides = importer._grid_sides
+    import medground.backbones.diffusers as diffusers
+
+    grid_sides = diffusers._grid_sides
 
     def no_meta(unet_config, vae_config, image_size, device):
         if device.type == "meta":
             raise NotImplementedError("no meta kernel")
         return grid_sides(unet_config, vae_config, image_size, device)
 
-    monkeypatch.setattr(importer, "_grid_sides", no_meta)
+    monkeypatch.setattr(diffusers, "_grid_sides", no_meta)
     out = import_diffusers(str(pipeline), tmp_path / "out")
     assert json.loads((out / "model.json").read_text())["grounding_defaults"]["cross_attention_layers"] == expected
 

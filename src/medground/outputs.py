@@ -216,14 +216,17 @@ class GroundingFiles:
 COPY_CHUNK = 1 << 20
 
 
-def check_new_folder(out: Path, error: type[MedgroundError]) -> None:
-    """``out`` is a new folder (or an empty one): a folder written whole never mixes with or replaces files."""
+def check_new_folder(out: Path, error: type[MedgroundError], marker: str = "model.json") -> None:
+    """``out`` is a new folder (or an empty one): a folder written whole never mixes with or replaces files (one
+    holding ``marker`` is said to hold a model already)."""
     if out.is_symlink():
         raise error(f"--out {out} is a symbolic link; name a new folder (not a link)")
     if not out.exists():
         return
     if not out.is_dir():
         raise error(f"--out {out} exists and is not a folder; choose a new folder")
+    if (out / marker).exists():
+        raise error(f"{out} already holds a model; choose another --out")
     entries = sorted(entry.name for entry in out.iterdir())
     if entries:
         raise error(f"--out {out} already exists and is not empty ({len(entries)} entries, e.g. {entries[0]!r}); "

@@ -10,7 +10,6 @@ probabilities explicitly, hands them over, and is removed again; every other mod
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from medground.backbones.weights import (
     read_torch_state,
 )
 from medground.errors import ModelLoadError, WeightsNotFoundError
+from medground.outputs import json_bytes, write_atomic
 
 PIPELINE_FILE = "model_index.json"
 """What makes a folder a diffusers pipeline (``load_model`` takes one as it is)."""
@@ -291,8 +291,6 @@ def _mapped(index: dict[str, Any], part: str, classes: dict[str, str | None], wh
 def save_diffusers_model(out_dir: Path, spec: dict[str, Any], unet: nn.Module, autoencoder: nn.Module,
                          text_encoder: nn.Module, tokenizer: Any) -> Path:
     """Write a medground model directory of this family: diffusers component folders plus ``model.json``."""
-    from medground.backbones.model_dir import MODEL_FORMAT
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_finite(unet, "unet")
@@ -303,12 +301,18 @@ def save_diffusers_model(out_dir: Path, spec: dict[str, Any], unet: nn.Module, a
     text_class = "transformers.BertModel" if "Bert" in type(text_encoder).__name__ else "transformers.CLIPTextModel"
     tokenizer_class = "transformers.BertTokenizer" if "Bert" in type(tokenizer).__name__ else \
         "transformers.CLIPTokenizer"
-    full = {"format": MODEL_FORMAT, "family": "diffusers", "unet": {"path": "unet"}, "autoencoder": {"path": "vae"},
-            **spec,
-            "text_encoder": {"class": text_class, "source": {"path": "."}, **spec.get("text_encoder", {})},
-            "tokenizer": {"class": tokenizer_class, "source": {"path": "."}, **spec.get("tokenizer", {})}}
-    (out_dir / MODEL_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    write_atomic(out_dir / MODEL_FILE, json_bytes(model_description(spec, text_class, tokenizer_class)))
     return out_dir
+
+
+def model_description(spec: dict[str, Any], text_class: str, tokenizer_class: str) -> dict[str, Any]:
+    """``model.json`` of a model directory of this family (component folders as diffusers saves them), with the
+    text parts' classes and the rest of ``spec``; its text entries carry no class or source of their own."""
+    from medground.backbones.model_dir import MODEL_FORMAT
+
+    return {"format": MODEL_FORMAT, "family": "diffusers", "unet": {"path": "unet"}, "autoencoder": {"path": "vae"},
+            **spec, "text_encoder": {"class": text_class, "source": {"path": "."}, **spec.get("text_encoder", {})},
+            "tokenizer": {"class": tokenizer_class, "source": {"path": "."}, **spec.get("tokenizer", {})}}
 
 
 PROMPT_LENGTH = 77

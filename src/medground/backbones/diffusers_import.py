@@ -15,7 +15,6 @@ hidden sibling folder that becomes ``--out`` only once complete, and is removed 
 from __future__ import annotations
 
 import gc
-import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,12 +26,12 @@ from medground.backbones.diffusers import (
     TEXT_CLASSES,
     WEIGHT_FILES,
     load_component,
+    model_description,
     quarter_resolution_layers,
     spec_from_pipeline,
 )
 from medground.backbones.model_dir import (
     MODEL_FILE,
-    MODEL_FORMAT,
     hub_snapshot,
     load_text_part,
     parse_source,
@@ -43,7 +42,7 @@ from medground.backbones.model_dir import (
 )
 from medground.backbones.weights import inside, read_json_object, sha256_of
 from medground.errors import MedgroundError, ModelLoadError
-from medground.outputs import check_apart, check_new_folder, copy_hashed, staged_folder
+from medground.outputs import check_apart, check_new_folder, copy_hashed, json_bytes, staged_folder, write_atomic
 
 MIMIC_TERMS = ("trained on MIMIC-CXR: use is bound by the PhysioNet Credentialed Health Data License 1.5.0 and the "
                "MIMIC-CXR data use agreement (credentialed access, no re-identification, no sharing of the data)")
@@ -272,16 +271,13 @@ def _named_as_source(copy: Path, source: Path) -> Iterator[None]:
 # --- model.json --------------------------------------------------------------------------------------------------
 
 def _write_spec(staging: Path, spec: dict[str, Any], layers: list[str]) -> None:
-    """``model.json`` with the keys, order and values that ``save_diffusers_model`` writes, and the default layers."""
+    """``model.json`` as ``save_diffusers_model`` writes it, with the default layers."""
     text_entry, tokenizer_entry = spec.pop("text_encoder"), spec.pop("tokenizer")
     spec["text_encoder"] = {k: v for k, v in text_entry.items() if k not in ("class", "source")}
     spec["tokenizer"] = {k: v for k, v in tokenizer_entry.items() if k not in ("class", "source")}
-    full = {"format": MODEL_FORMAT, "family": "diffusers", "unet": {"path": "unet"}, "autoencoder": {"path": "vae"},
-            **spec,
-            "text_encoder": {"class": text_entry["class"], "source": {"path": "."}, **spec["text_encoder"]},
-            "tokenizer": {"class": tokenizer_entry["class"], "source": {"path": "."}, **spec["tokenizer"]}}
+    full = model_description(spec, text_entry["class"], tokenizer_entry["class"])
     full["grounding_defaults"] = {"cross_attention_layers": layers}
-    (staging / MODEL_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    write_atomic(staging / MODEL_FILE, json_bytes(full))
 
 
 def _text_folder(base: Path) -> Path:

@@ -11,7 +11,6 @@ strict weight keys, finite weights, a usable noise schedule and latent scale. Ea
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from pathlib import Path
@@ -32,6 +31,7 @@ from medground.backbones.weights import (
     text_checkpoint_dtypes,
 )
 from medground.errors import ModelLoadError, WeightsNotFoundError
+from medground.outputs import json_bytes, write_atomic
 
 MODEL_FORMAT = "medground-ldm/1"
 MODEL_FILE = "model.json"
@@ -246,5 +246,5 @@ def save_model_dir(out_dir: Path, spec: dict[str, Any], networks: dict[str, nn.M
         tokenizer_class = "transformers.BertTokenizer" if "Bert" in type(tokenizer).__name__ else \
             "transformers.CLIPTokenizer"
         spec["tokenizer"] = {**spec.get("tokenizer", {}), "class": tokenizer_class, "source": {"path": "."}}
-    (out_dir / MODEL_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    write_atomic(out_dir / MODEL_FILE, json_bytes(spec))  # last: a folder without it is no model
     return out_dir

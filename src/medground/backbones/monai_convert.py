@@ -21,6 +21,7 @@ from medground.backbones.model_dir import parse_source, save_model_dir, text_par
 from medground.backbones.monai import network_class
 from medground.backbones.weights import read_torch_state, sha256_of
 from medground.errors import ModelLoadError, WeightsNotFoundError
+from medground.outputs import check_new_folder, staged_folder
 
 PAPER_AUTOENCODER_ARGS: dict[str, Any] = {
     "spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [64, 128, 128, 128],
@@ -73,6 +74,7 @@ def convert_monai_ldm(autoencoder_path: Path, unet_path: Path, text_encoder: str
     """
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    check_new_folder(Path(out_dir), ModelLoadError)
     autoencoder_args = autoencoder_args or PAPER_AUTOENCODER_ARGS
     unet_args = unet_args or PAPER_UNET_ARGS
     autoencoder = network_class("monai.AutoencoderKL")(**autoencoder_args)
@@ -116,4 +118,6 @@ def convert_monai_ldm(autoencoder_path: Path, unet_path: Path, text_encoder: str
             "data_terms": PAPER_DATA_TERMS,
         },
     }
-    return save_model_dir(Path(out_dir), spec, {"autoencoder": autoencoder, "unet": unet}, text_model, tokenizer)
+    with staged_folder(Path(out_dir), ModelLoadError) as staging:  # a failure leaves no partial folder
+        save_model_dir(staging, spec, {"autoencoder": autoencoder, "unet": unet}, text_model, tokenizer)
+    return Path(out_dir)
