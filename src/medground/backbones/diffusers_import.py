@@ -66,7 +66,23 @@ def _weight_hashes(folder: Path) -> list[dict[str, str]]:
 
 def import_diffusers(source: str, out: Path, unet: str | None = None, text_encoder: str | None = None,
                      name: str | None = None, data_terms: str | None = None) -> Path:
-    """Import ``source`` (pipeline folder or ``hub-id[@revision]``) into the model directory ``out``."""
+    """Import ``source`` (pipeline folder or ``hub-id[@revision]``) into the model directory ``out``.
+
+    Args:
+        source: a diffusers pipeline folder (with ``model_index.json``) or ``hub-id[@revision]``.
+        out: the model directory to write; it must not hold a model yet.
+        unet: take the UNet from here instead: a folder or ``hub-id[@revision]``, with ``:subfolder`` when the UNet
+            lies in a subfolder of it.
+        text_encoder: take the text encoder and tokenizer from here instead (folder or hub id); its width must be
+            the UNet's ``cross_attention_dim``.
+        name: the model's name; None: the pipeline folder's name.
+        data_terms: the licence and data-use terms to record; None: the known terms of the sources
+            (``KNOWN_TERMS``), else a note that they are unknown.
+
+    Raises:
+        ModelLoadError: ``out`` already holds a model, a component class medground does not support, or parts that
+            do not fit together (WeightsNotFoundError: a source is not available).
+    """
     out = Path(out)
     if (out / MODEL_FILE).exists():
         raise ModelLoadError(f"{out} already holds a model; choose another --out")
