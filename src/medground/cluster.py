@@ -32,6 +32,8 @@ CONNECT_SECONDS = 20
 
 @dataclass(frozen=True)
 class Done:
+    """A finished unit: its index in the plan, its result, and the worker that computed it."""
+
     index: int
     result: Any
     worker: str
@@ -39,7 +41,11 @@ class Done:
 
 
 class Recipe(Protocol):
-    """Picklable instructions a worker builds its unit function from (loading the model once)."""
+    """Picklable instructions a worker builds its unit function from (loading the model once).
+
+    ``build()`` returns the function that computes one unit; on GPU actors, a recipe's ``prepare(unit)`` (the CPU
+    part: decoding images), if it has one, runs ahead as Ray CPU tasks.
+    """
 
     def build(self) -> Callable[[Any], Any]: ...
 
@@ -49,6 +55,8 @@ Executor = Callable[[Iterable[tuple[int, Any]]], Iterator[Done]]
 
 @dataclass(frozen=True)
 class ClusterOptions:
+    """Where and how wide a run goes on Ray (``--engine ray``)."""
+
     address: str | None = None
     """An existing cluster (``auto``, ``ray://host:10001``, ``host:6379``); None starts a local one for the run."""
     workers: int | None = None
@@ -60,7 +68,18 @@ class ClusterOptions:
 
 def cluster_options(engine: str, address: str | None, workers: int | None, device: str,
                     threads: int) -> ClusterOptions | None:
-    """None for the ``local`` engine (which takes no cluster flags), else where and how wide to run on Ray."""
+    """None for the ``local`` engine (which takes no cluster flags), else where and how wide to run on Ray.
+
+    Args:
+        engine: ``local`` or ``ray``.
+        address: an existing Ray cluster; None starts a local one for the run.
+        workers: actors; None: from the cluster's GPUs or CPUs.
+        device: the model's device; ``cuda...`` runs one actor per GPU.
+        threads: CPUs (and torch threads) per CPU actor.
+
+    Raises:
+        ConfigError: an unknown engine, or ``address`` or ``workers`` with the local engine.
+    """
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
     if engine == "local":
@@ -74,6 +93,7 @@ def cluster_options(engine: str, address: str | None, workers: int | None, devic
 
 
 def worker_name() -> str:
+    """``host:pid`` of this process, recorded with each result so a run says where its units were computed."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

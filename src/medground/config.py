@@ -155,6 +155,7 @@ class GroundingConfig:
         return start, stop
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (tuples as lists): what run records store and output names hash."""
         values = asdict(self)
         for name in ("cross_attention_layers", "layer_weights", "step_weights"):
             if isinstance(values[name], tuple):
@@ -163,6 +164,7 @@ class GroundingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "grounding settings") -> GroundingConfig:
+        """A config from a JSON object of settings; a misspelt name is a ConfigError naming ``where``, not ignored."""
         if not isinstance(values, dict):
             raise ConfigError(f"{where} must be a JSON object of settings, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
@@ -172,6 +174,7 @@ class GroundingConfig:
         return cls(**values)
 
     def with_overrides(self, **overrides: Any) -> GroundingConfig:
+        """This config with ``overrides`` replaced and every setting checked again; unknown names: ConfigError."""
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known
         if unknown:
@@ -240,6 +243,7 @@ attention is weak weigh less: the combination ranked first for both toys on vali
 
 
 def preset(name: str) -> GroundingConfig:
+    """The preset ``name`` (``PRESETS``); an unknown name is a ConfigError listing the known ones."""
     try:
         return PRESETS[name]
     except KeyError:
@@ -251,7 +255,16 @@ def grid_timesteps(num_train_timesteps: int, inference_steps: int, spacing: str,
 
     ``trailing`` with integer ratio d = T // N gives {T-1, T-1-d, ...} reversed; for T=1000, N=300 that is
     {0, 3, ..., 999}: 334 steps, the grid the official code actually ran. ``leading`` gives {0, d, ..., (N-1) d}.
-    ``offset`` is added to each (diffusers' steps_offset).
+    A window's grid positions index the returned list.
+
+    Args:
+        num_train_timesteps: T, the length of the model's training schedule.
+        inference_steps: N, the nominal number of DDIM steps, in [1, T].
+        spacing: ``trailing`` or ``leading``.
+        offset: added to every timestep (diffusers' ``steps_offset``).
+
+    Raises:
+        ConfigError: N outside [1, T], another spacing, or an offset that puts the grid past timestep T - 1.
     """
     if not 1 <= inference_steps <= num_train_timesteps:
         raise ConfigError(f"inference_steps must be in [1, {num_train_timesteps}], got {inference_steps}")
@@ -272,7 +285,18 @@ def resolve(defaults: dict[str, Any], config: GroundingConfig | str | None, over
             facts: ModelFacts) -> GroundingConfig:
     """``defaults`` (the backbone's, model directory included) < the preset's or config's set values < overrides,
     then made explicit for the model: layers listed, window positions and upsampling size as numbers, the grid
-    coarsened, and every setting checked against the model (layers, grid, window, weights)."""
+    coarsened, and every setting checked against the model (layers, grid, window, weights).
+
+    Args:
+        defaults: the model's ``grounding_defaults()``; only ``MODEL_FIELDS`` may be set.
+        config: a preset name, a GroundingConfig (only its settings that are not None count) or None (``paper``).
+        overrides: settings that win over both; None: none.
+        facts: what the model offers (timesteps, cross-attention layers, latent side, grid sides).
+
+    Raises:
+        ConfigError: an unknown preset or setting, a model setting nothing gives a value, a layer the model lacks,
+            or a window or weights that do not fit the grid.
+    """
     chosen = preset(config or "paper") if not isinstance(config, GroundingConfig) else config
     bad = set(defaults) - set(MODEL_FIELDS)
     if bad:

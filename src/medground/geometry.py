@@ -106,6 +106,7 @@ class PreparedImage:
     """(1, 1, size, size) float32 in [0, 1]."""
 
     def pin_memory(self) -> PreparedImage:
+        """A copy whose model input is page-locked, for a faster asynchronous copy to the GPU."""
         return PreparedImage(self.geometry, self.model_input.pin_memory())
 
 
@@ -128,6 +129,14 @@ def box_pixel_slices(box: Box, height: int, width: int) -> tuple[slice, slice]:
     """Rows and columns covered by an (x, y, w, h) box: [y, y + h) rounded half up, clipped to the image.
 
     Integer boxes (MS-CXR) cover exactly ``[y:y+h, x:x+w]``, as in the official metrics.
+
+    Args:
+        box: (x, y, w, h) in pixels of the image.
+        height: the image's height in pixels.
+        width: the image's width in pixels.
+
+    Raises:
+        BoxError: a box with a non-finite value or no positive width and height, or with no pixel in the image.
     """
     x, y, w, h = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:

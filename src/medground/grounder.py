@@ -40,7 +40,17 @@ def resolve_config(model: Backbone, config: GroundingConfig | str | None = None,
                    overrides: dict[str, Any] | None = None) -> GroundingConfig:
     """A preset (or config) and overrides resolved against ``model`` once: its family's and its directory's defaults
     fill what they leave open, and every setting is checked against the model (layers, grid, window, prompt length)
-    before any UNet work. A resolved config resolves to itself, so runs pass the result on, never a preset name."""
+    before any UNet work. A resolved config resolves to itself, so runs pass the result on, never a preset name.
+
+    Args:
+        model: the loaded model the config will run on.
+        config: a preset name (None: ``paper``) or a GroundingConfig.
+        overrides: setting names to values, winning over the preset and the model's defaults.
+
+    Raises:
+        ConfigError: overrides that are not a dict of names, a setting the model cannot run (``config.resolve``), or
+            an ``unconditional_prompt`` longer than the text encoder takes.
+    """
     if overrides is not None and (not isinstance(overrides, dict) or
                                   not all(isinstance(key, str) for key in overrides)):
         raise ConfigError(f"overrides must be a dict of setting names to values, got {overrides!r}")
@@ -105,15 +115,35 @@ class Grounder:
         """Running count of UNet evaluations (batch elements) done by this grounder."""
 
     def ground(self, image: ImageInput, phrases: str | Sequence[str]) -> list[GroundingResult]:
-        """All phrases of one image share one inversion; their conditional passes run as one batch."""
+        """All phrases of one image share one inversion; their conditional passes run as one batch.
+
+        Args:
+            image: a path, PIL image or (H, W) array (``images.read_image``), or a PreparedImage made for this
+                model's input size.
+            phrases: one phrase or a list of them, tokenised by the config's ``token_rule``.
+
+        Returns:
+            One GroundingResult per phrase, in order, with heatmap, mask and boxes in the original image's pixels.
+
+        Raises:
+            ImageError: an image that cannot be read, or was prepared for another input size.
+            PhraseError: a phrase that is empty, longer than the text encoder takes, or holds its special tokens.
+            ModelOutputError: NaN or infinite attention (no map is returned rather than a blank one).
+        """
         return self.ground_many([(image, _phrase_list(phrases))])[0]
 
     def ground_many(self, items: Sequence[tuple[ImageInput | PreparedImage, Sequence[str]]],
                     reduce: Callable[[GroundingResult], Any] | None = None) -> list[list[Any]]:
         """Several images, each with its phrases: uncached trajectories run in batches of ``batch_size``.
 
-        ``reduce`` is applied to each result as soon as it is made, and only what it returns is kept: a dataset run
-        then holds one full-size map at a time, not one per phrase of the call.
+        Args:
+            items: (image, phrases) pairs, each as ``ground`` takes them.
+            reduce: applied to each result as soon as it is made, and only what it returns is kept: a dataset run
+                then holds one full-size map at a time, not one per phrase of the call.
+
+        Returns:
+            Per item, its GroundingResults (or what ``reduce`` made of them) in phrase order; the errors are those
+            of ``ground``.
         """
         started = time.perf_counter()
         counts_before = dict(self.unet_evaluations)
@@ -161,7 +191,11 @@ class Grounder:
         return merged if side == latent else resize_square(merged, side, "bilinear")
 
     def is_cached(self, image: ImageInput | PreparedImage) -> bool:
-        """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes)."""
+        """Whether ``image``'s trajectory is cached (a query on it then runs only the conditional passes).
+
+        Args:
+            image: as ``ground`` takes it; it is read and resized to find its cache key, never inverted.
+        """
         return self._trajectory_key(prepare_image(image, self.model.image_size).model_input) in self._trajectories
 
     @contextlib.contextmanager

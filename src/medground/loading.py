@@ -59,6 +59,8 @@ def family_of(folder: Path) -> tuple[type[Backbone], dict[str, Any]]:
 
 
 def check_device(device: str | torch.device) -> torch.device:
+    """``device`` parsed and checked to exist on this machine, so a wrong one fails before any weights are read
+    (ModelLoadError)."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:

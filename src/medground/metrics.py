@@ -49,7 +49,15 @@ def cnr(heatmap: np.ndarray, boxes: Sequence[Box], signed: bool = False) -> floa
     As in the official code, boxes are visited in order and each box is blanked (NaN) after its own
     contrast is taken, so for box k the outside excludes boxes 1..k and its inside excludes earlier
     boxes. Variances are NaN-aware population variances; a NaN ratio (e.g. a constant map) counts as 0.
-    ``signed=False`` gives the reported |CNR|.
+
+    Args:
+        heatmap: (H, W) map in original image pixels; NaN pixels (outside the model's crop) are left out.
+        boxes: (x, y, w, h) boxes in the same pixels, at least one; their order matters (above).
+        signed: keep the sign of mu_in - mu_out; False gives the reported |CNR|.
+
+    Raises:
+        ImageError: a heatmap that is not 2-D.
+        BoxError: no box, or a box with no pixel inside the image.
     """
     values = _check(heatmap, boxes).copy()
     ratios = []
@@ -66,7 +74,16 @@ def cnr(heatmap: np.ndarray, boxes: Sequence[Box], signed: bool = False) -> floa
 
 
 def miou(heatmap: np.ndarray, boxes: Sequence[Box], thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> float:
-    """Mean over thresholds of IoU(heatmap > thr, union of boxes); NaN pixels are never foreground."""
+    """Mean over thresholds of IoU(heatmap > thr, union of boxes); NaN pixels are never foreground.
+
+    Args:
+        heatmap: (H, W) map in original image pixels (the default thresholds assume values in [0, 1]).
+        boxes: (x, y, w, h) boxes in the same pixels; their union is the target.
+        thresholds: the thresholds the IoU is averaged over (the official 0.1, ..., 0.5).
+
+    Raises:
+        ImageError, BoxError: as ``cnr``.
+    """
     values = _check(heatmap, boxes)
     target = box_union_mask(values.shape, boxes)
     ious = []
@@ -80,10 +97,20 @@ def miou(heatmap: np.ndarray, boxes: Sequence[Box], thresholds: Sequence[float] 
 def auroc(heatmap: np.ndarray, boxes: Sequence[Box], bins: int | None = 5) -> float:
     """Pixel AUROC of the heatmap against the union of boxes; NaN pixels are excluded.
 
-    ``bins=5`` is torcheval's ``binary_binned_auroc(threshold=5)`` used by the paper: thresholds
-    linspace(0, 1, bins), prediction = value >= threshold, trapezoid over the operating points from
-    (0, 0), normalised by the counts at threshold 0 (so values must lie in [0, 1]). ``bins=None`` gives
-    the exact AUROC (Mann-Whitney, ties count half). 0.5 when a class is absent.
+    Args:
+        heatmap: (H, W) map in original image pixels.
+        boxes: (x, y, w, h) boxes in the same pixels; their union is the positive class.
+        bins: 5 is torcheval's ``binary_binned_auroc(threshold=5)`` used by the paper: thresholds
+            linspace(0, 1, bins), prediction = value >= threshold, trapezoid over the operating points from
+            (0, 0), normalised by the counts at threshold 0 (so values must lie in [0, 1]). None gives the exact
+            AUROC (Mann-Whitney, ties count half).
+
+    Returns:
+        The AUROC; 0.5 when the boxes cover every valid pixel or none.
+
+    Raises:
+        ConfigError: ``bins`` below 2.
+        ImageError, BoxError: as ``cnr``.
     """
     values = _check(heatmap, boxes)
     target = box_union_mask(values.shape, boxes)

@@ -45,7 +45,13 @@ SUFFIXES = (".npy", ".png", ".json")
 def output_name(image: str | Path, what: str, settings: str = "") -> str:
     """``{image stem}_{slug of what}_{8 hex}``: the hash covers the image's full path, the exact text of ``what``
     (a phrase, or a report) and ``settings`` (model and effective config), so two different phrases, images or
-    recipes never share a name, whatever the slug keeps of them."""
+    recipes never share a name, whatever the slug keeps of them.
+
+    Args:
+        image: the image's path (a Path is resolved before it is hashed; a string is hashed as given) or name.
+        what: the exact text grounded: a phrase, or a report.
+        settings: the model and effective config (``grounding_settings``).
+    """
     image_text = str(Path(image).resolve()) if isinstance(image, Path) else str(image)
     slug = re.sub(r"[^a-z0-9]+", "-", what.lower()).strip("-")[:40].strip("-") or "phrase"
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(image_text).stem)[:40] or "image"
@@ -54,7 +60,13 @@ def output_name(image: str | Path, what: str, settings: str = "") -> str:
 
 
 def fit_name(readable: str, tail: str = "", room: int = NAME_ROOM) -> str:
-    """``readable + tail`` in at most ``room`` bytes of UTF-8: the readable part is cut, never the tail (a hash)."""
+    """``readable + tail`` in at most ``room`` bytes of UTF-8: the readable part is cut, never the tail (a hash).
+
+    Args:
+        readable: the slug, cut at a character boundary to fit.
+        tail: kept whole.
+        room: the byte budget; ``NAME_ROOM`` leaves space for a suffix and the temporary-name decoration.
+    """
     budget = room - len(tail.encode())
     cut = readable.encode()[:budget].decode(errors="ignore")
     return cut + tail
@@ -122,12 +134,14 @@ def write_atomic(path: Path, data: bytes) -> Path:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a ``.npy`` file, so ``write_atomic`` writes it in one step."""
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
 
 
 def json_bytes(document: Any) -> bytes:
+    """``document`` as indented JSON with a final newline, as bytes for ``write_atomic``."""
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
@@ -139,7 +153,16 @@ def read_json_settings(path: Path, what: str) -> dict[str, Any]:
 
 
 def check_resumable(folder: Path, previous: dict[str, Any], current: dict[str, Any]) -> None:
-    """A run resumes only with the settings it started with; the error lists what differs."""
+    """A run resumes only with the settings it started with; the error lists what differs.
+
+    Args:
+        folder: the run folder, for the message.
+        previous: the settings the run recorded.
+        current: the settings of this invocation.
+
+    Raises:
+        RunDirError: a setting differs (the first four differences are named).
+    """
     changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
     if changed:
         details = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:4])
@@ -170,7 +193,13 @@ def exclusive_lock(folder: Path) -> Iterator[None]:
 
 # --- the files of one grounding -------------------------------------------------------------------------------------
 class GroundingFiles:
-    """The files of groundings of one image in ``folder``, named by (image, phrase or report, ``settings``)."""
+    """The files of groundings of one image in ``folder``, named by (image, phrase or report, ``settings``).
+
+    Args:
+        folder: where the files go (checked beforehand: ``check_writable_folder``).
+        image_name: the image's path or name, hashed into every name (``output_name``).
+        settings: the model and effective config (``grounding_settings``), so another recipe never overwrites them.
+    """
 
     def __init__(self, folder: Path, image_name: str | Path, settings: str) -> None:
         self.folder = Path(folder)
@@ -178,12 +207,23 @@ class GroundingFiles:
         self.settings = settings
 
     def name(self, what: str) -> str:
+        """The base name (no suffix) of the files of ``what``, a phrase or a report."""
         return output_name(self.image_name, what, self.settings)
 
     def phrase(self, pixels: np.ndarray, result: GroundingResult, record: dict[str, Any],
                truth: Sequence[tuple[float, float, float, float]] = ()) -> Path:
         """One phrase: heatmap (original pixels, NaN outside the crop), overlay, and ``record`` + the result as JSON;
-        returns the common base path (without suffix)."""
+        returns the common base path (without suffix).
+
+        Args:
+            pixels: the (H, W) image in [0, 1] the overlay is drawn on.
+            result: the phrase's GroundingResult.
+            record: what the JSON records first (image, model, preset); the result's fields follow.
+            truth: ground-truth (x, y, w, h) boxes in original pixels, drawn green beside the predicted red ones.
+
+        Raises:
+            RunDirError: a file cannot be written (a full disk names the free space), or a name is a symbolic link.
+        """
         from medground.viz import overlay_png
 
         base = self.folder / self.name(result.phrase)
@@ -195,7 +235,16 @@ class GroundingFiles:
 
     def report(self, pixels: np.ndarray, grounding: ReportGrounding, record: dict[str, Any]) -> list[Path]:
         """A report (or several phrases shown together): one heatmap per finding, one overlay of all findings (one
-        colour each, legend), one JSON of everything with ``record`` first. Returns [json, png, npy...]."""
+        colour each, legend), one JSON of everything with ``record`` first. Returns [json, png, npy...].
+
+        Args:
+            pixels: the (H, W) image in [0, 1] the overlay is drawn on.
+            grounding: the findings and the mentions left out; with no finding only the JSON is written.
+            record: what the JSON records first (image, model, preset).
+
+        Raises:
+            RunDirError: as ``phrase``.
+        """
         from medground.viz import findings_png
 
         what = grounding.report if grounding.report is not None else "\n".join(f.text for f in grounding.findings)

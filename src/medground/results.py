@@ -32,6 +32,7 @@ class GroundedBox:
     """Mean heatmap value inside the region."""
 
     def to_dict(self) -> dict:
+        """The box as a JSON object, as output records and batch rows store it."""
         return asdict(self)
 
 
@@ -67,6 +68,7 @@ class GroundingResult:
         return f"top box x={top.x} y={top.y} w={top.w} h={top.h} score={top.score:.2f}"
 
     def to_json(self) -> dict[str, Any]:
+        """What a phrase's JSON file records; the arrays are left out (the heatmap has its own ``.npy``)."""
         return {
             "phrase": self.phrase,
             "image_size": {"width": int(self.heatmap.shape[1]), "height": int(self.heatmap.shape[0])},
@@ -103,6 +105,7 @@ class Mention:
         return not self.reason
 
     def to_json(self) -> dict[str, Any]:
+        """Every field, as a report grounding's JSON lists a mention that was not grounded."""
         return asdict(self)
 
 
@@ -139,9 +142,11 @@ class GroundedFinding:
 
     @property
     def colour(self) -> str:
+        """The finding's colour (``finding_colour``): the same in the overlay, the legend and the boxes table."""
         return finding_colour(self.number)
 
     def to_json(self) -> dict[str, Any]:
+        """The finding as a report grounding's JSON lists it: boxes, not arrays."""
         return {"number": self.number, "text": self.text, "status": self.status, "label": self.label,
                 "sentence": self.sentence, "section": self.section, "colour": self.colour,
                 "boxes": [box.to_dict() for box in self.result.boxes], "flat": self.result.flat}
@@ -171,6 +176,8 @@ class ReportGrounding:
         return f"grounded {len(self.findings)} {noun}{counts}" + (f"; not grounded: {dropped}" if dropped else "")
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON of the grounding: findings, what was not grounded and why, and what the findings share (image
+        size, timings, UNet evaluations, config; taken from the first finding)."""
         first = self.findings[0].result if self.findings else None
         return {
             "report": self.report,

@@ -39,7 +39,18 @@ STOP_WORDS = frozenset((
 
 
 def phrase_tokens(tokenizer, phrase: str, rule: str = "between_special") -> PhraseTokens:
-    """Tokenise ``phrase`` as the official code does and keep the positions that ``rule`` selects."""
+    """Tokenise ``phrase`` as the official code does and keep the positions that ``rule`` selects.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        phrase: the phrase to ground.
+        rule: the config's ``token_rule``: ``between_special`` (every token between the start and end tokens),
+            ``content_words`` (the tokens of words that are not stop words; all when there are none) or ``last``.
+
+    Raises:
+        PhraseError: an empty phrase, one with a NUL character or the tokenizer's special tokens, one longer than the
+            text encoder takes, or an unknown rule.
+    """
     if not isinstance(phrase, str) or not phrase.strip():
         raise PhraseError(f"phrase must be a non-empty string, got {phrase!r}")
     invisible = invisible_characters(phrase)
@@ -85,7 +96,13 @@ def unique_phrases(phrases: Sequence[str]) -> list[str]:
 
 def content_word_positions(tokenizer, phrase: str, positions: tuple[int, ...]) -> tuple[int, ...]:
     """Positions of tokens inside words that are not stop words (by the tokenizer's character offsets); empty when
-    the phrase has none, and the caller then keeps every token."""
+    the phrase has none, and the caller then keeps every token.
+
+    Args:
+        tokenizer: the model's tokenizer; it must give character offsets (``return_offsets_mapping``).
+        phrase: the phrase as ``phrase_tokens`` tokenised it.
+        positions: the candidate token positions (those between the start and end tokens).
+    """
     offsets = tokenizer(phrase, truncation=False, return_offsets_mapping=True)["offset_mapping"]
     content = [(m.start(), m.end()) for m in re.finditer(r"[^\W_]+", phrase) if m.group().lower() not in STOP_WORDS]
     return tuple(p for p in positions

@@ -33,11 +33,19 @@ _WIDE_SPACES = re.compile("[\u00a0\u2007\u202f\u2000-\u200a\u3000]")
 
 
 def source_name(source: str | Path) -> str:
+    """How messages name a text source: ``standard input`` for ``-``, else the path."""
     return "standard input" if str(source) == STDIN else str(source)
 
 
 def decode_error(name: str, data: bytes, error: type[MedgroundError], offset: int = 0) -> MedgroundError:
-    """The error for ``data`` (a part of ``name`` starting at byte ``offset``) that is not UTF-8."""
+    """The error for ``data`` (a part of ``name`` starting at byte ``offset``) that is not UTF-8.
+
+    Args:
+        name: the source, for the message.
+        data: the bytes that failed to decode.
+        error: the MedgroundError subclass to return; the caller raises it.
+        offset: where ``data`` starts in the source, so the message gives the bad byte's offset in the source.
+    """
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -48,7 +56,13 @@ def decode_error(name: str, data: bytes, error: type[MedgroundError], offset: in
 
 
 def decode(data: bytes, name: str, error: type[MedgroundError]) -> str:
-    """UTF-8 with an optional byte-order mark."""
+    """UTF-8 with an optional byte-order mark.
+
+    Args:
+        data: the whole text's bytes.
+        name: the source, for messages.
+        error: the MedgroundError subclass raised when ``data`` is not UTF-8 (``decode_error``).
+    """
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -95,7 +109,13 @@ def read_text(source: str | Path, what: str, error: type[MedgroundError], max_by
 @contextlib.contextmanager
 def open_text(path: Path, what: str, error: type[MedgroundError]) -> Iterator[IO[str]]:
     """A UTF-8 text stream of ``path`` (byte-order mark skipped, newlines as written, for ``csv``); a decoding
-    failure while it is read is ``error`` naming the file and the byte offset."""
+    failure while it is read is ``error`` naming the file and the byte offset.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages ("dataset", "manifest").
+        error: the MedgroundError subclass to raise, also when the file is missing or cannot be opened.
+    """
     path = Path(path)
     try:
         handle = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed below)
@@ -150,7 +170,14 @@ def json_depth(text: str) -> int:
 
 
 def loads_json(text: str, where: str, error: type[MedgroundError], max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` with the nesting limit checked first, every failure ``error`` naming ``where``."""
+    """``json.loads`` with the nesting limit checked first, every failure ``error`` naming ``where``.
+
+    Args:
+        text: the JSON text.
+        where: names the source in messages ("WHERE is not readable JSON: ...").
+        error: the MedgroundError subclass to raise.
+        max_depth: the deepest nesting of arrays and objects accepted.
+    """
     if ("[" in text or "{" in text) and json_depth(text) > max_depth:
         raise error(f"{where} is not readable JSON: nested deeper than the limit of {max_depth} levels")
     try:
@@ -161,7 +188,14 @@ def loads_json(text: str, where: str, error: type[MedgroundError], max_depth: in
 
 def read_json_object(path: Path, what: str, error: type[MedgroundError], max_bytes: int = 16_000_000) -> dict:
     """A JSON object from a file (``model.json``, ``run.json``, a component's ``config.json``), every failure
-    ``error`` naming the file."""
+    ``error`` naming the file.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages.
+        error: the MedgroundError subclass to raise.
+        max_bytes: larger files are refused (the default is far above any description or settings file).
+    """
     data = loads_json(read_text(path, what, error, max_bytes), str(path), error)
     if not isinstance(data, dict):
         raise error(f"{path} must hold a JSON object ({what}), found {type(data).__name__}")
@@ -174,7 +208,13 @@ def clean_text(text: str) -> str:
 
 
 def env_limit(name: str, default: int, error: type[MedgroundError]) -> int:
-    """A size limit that the environment variable ``name`` may raise (a positive integer)."""
+    """A size limit that the environment variable ``name`` may raise (a positive integer).
+
+    Args:
+        name: the environment variable.
+        default: the limit when the variable is unset or empty.
+        error: the MedgroundError subclass raised when its value is not a positive integer.
+    """
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default

@@ -22,7 +22,16 @@ from medground.results import Box, GroundedBox, GroundedFinding  # noqa: E402
 
 def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str,
                  predicted: Sequence[GroundedBox] = (), truth: Sequence[Box] = ()) -> None:
-    """Image in gray, the heatmap in colour where it is > 0, truth boxes green, predicted boxes red."""
+    """Image in gray, the heatmap in colour where it is > 0, truth boxes green, predicted boxes red.
+
+    Args:
+        ax: the matplotlib axes to draw on.
+        image: (H, W) pixels in [0, 1].
+        heatmap: (H, W) map on the same pixels, in [0, 1]; NaN (outside the crop) is not coloured.
+        title: the panel's title.
+        predicted: predicted boxes, best first; the first three are drawn (dashed).
+        truth: ground-truth (x, y, w, h) boxes in the same pixels.
+    """
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     shown = np.ma.masked_where(~(np.nan_to_num(heatmap, nan=0.0) > 0), heatmap)
     ax.imshow(shown, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="nearest")
@@ -45,6 +54,15 @@ def png_bytes(fig, dpi: int) -> bytes:
 
 def overlay_png(image: np.ndarray, heatmap: np.ndarray, title: str, predicted: Sequence[GroundedBox] = (),
                 truth: Sequence[Box] = ()) -> bytes:
+    """One phrase's overlay (``draw_overlay``) as PNG bytes, the figure shaped like the image.
+
+    Args:
+        image: (H, W) pixels in [0, 1].
+        heatmap: (H, W) map on the same pixels, in [0, 1].
+        title: the title (the phrase).
+        predicted: predicted boxes, best first (three are drawn).
+        truth: ground-truth (x, y, w, h) boxes in the same pixels.
+    """
     height, width = image.shape
     scale = 5.0 / max(height, width)
     fig, ax = plt.subplots(figsize=(max(width * scale, 2.5), max(height * scale, 2.5) + 0.4))
@@ -95,6 +113,8 @@ class FindingsPicture:
 
 
 def findings_picture(image: np.ndarray, findings: Sequence[GroundedFinding]) -> FindingsPicture:
+    """What a findings overlay draws, taken at a stride so the longer side is at most ``DISPLAY_SIDE``: the web page
+    keeps this per visitor instead of full-size maps."""
     height, width = image.shape
     step = max(1, -(-max(height, width) // DISPLAY_SIDE))
     drawn = tuple(DrawnFinding(f.number, f.colour, _legend_label(f), tuple(f.result.boxes),
@@ -105,7 +125,15 @@ def findings_picture(image: np.ndarray, findings: Sequence[GroundedFinding]) -> 
 
 def draw_findings(ax, picture: FindingsPicture, heatmap: bool = True, mask: bool = True, boxes: bool = True) -> None:
     """Several findings on one image, each in its own colour: heatmap as a tint whose opacity follows the map, mask
-    as an outline, boxes numbered; a legend below names them with their status."""
+    as an outline, boxes numbered; a legend below names them with their status.
+
+    Args:
+        ax: the matplotlib axes to draw on.
+        picture: what to draw (``findings_picture``).
+        heatmap: draw each finding's heatmap tint.
+        mask: draw each finding's mask outline.
+        boxes: draw each finding's numbered boxes.
+    """
     height, width, step = picture.height, picture.width, picture.step
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # drawn at a stride, placed in original pixels
     ax.imshow(picture.image, cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=extent)
@@ -132,7 +160,16 @@ def draw_findings(ax, picture: FindingsPicture, heatmap: bool = True, mask: bool
 
 
 def findings_figure(picture: FindingsPicture, heatmap: bool = True, mask: bool = True, boxes: bool = True):
-    """A figure of ``draw_findings`` sized for the image plus a legend line per finding."""
+    """A figure of ``draw_findings`` sized for the image plus a legend line per finding.
+
+    The caller closes it (``png_bytes`` does), or pyplot keeps it.
+
+    Args:
+        picture: what to draw (``findings_picture``).
+        heatmap: draw the heatmap tints.
+        mask: draw the mask outlines.
+        boxes: draw the numbered boxes.
+    """
     height, width = picture.height, picture.width
     side = 5.0
     fig = plt.figure(figsize=(side * max(width / height, 0.6),
@@ -149,7 +186,14 @@ def findings_png(image: np.ndarray, findings: Sequence[GroundedFinding]) -> byte
 
 def render_findings(picture: FindingsPicture, heatmap: bool = True, mask: bool = True,
                     boxes: bool = True) -> np.ndarray:
-    """The findings overlay as an RGB uint8 array (for the web page), with the chosen layers."""
+    """The findings overlay as an RGB uint8 array (for the web page), with the chosen layers.
+
+    Args:
+        picture: what to draw (``findings_picture``).
+        heatmap: draw the heatmap tints.
+        mask: draw the mask outlines.
+        boxes: draw the numbered boxes.
+    """
     fig = findings_figure(picture, heatmap, mask, boxes)
     fig.set_dpi(110)
     fig.canvas.draw()

@@ -37,8 +37,18 @@ def serve(grounder: Grounder, settings: dict[str, str], host: str = "127.0.0.1",
     """Serve until interrupted (Ctrl-C or SIGTERM); the temporary folder with the uploads is deleted on the way out.
 
     Concurrent queries are queued and run one at a time on the shared ``grounder`` (its trajectory cache is not
-    thread-safe, and one inversion already uses the machine). ``share`` opens a public gradio.live tunnel: only when
-    asked.
+    thread-safe, and one inversion already uses the machine).
+
+    Args:
+        grounder: the loaded model and resolved recipe every query runs on.
+        settings: what each JSON download records about the model: ``model`` (its name or folder) and ``preset``.
+        host: the address to listen on (``check_can_serve`` checks it before the model loads).
+        port: the port to listen on.
+        share: also open a public gradio.live tunnel; off unless asked, since it exposes the page to anyone.
+        max_upload_mb: the largest upload in MB, refused by the upload itself before anything is decoded.
+
+    Raises:
+        ServeError: the address was taken after ``check_can_serve``.
     """
     signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="medground-serve-") as workdir:

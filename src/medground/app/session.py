@@ -55,11 +55,18 @@ class Answer:
 
 
 class Session:
-    """One loaded model serving every visitor (queries run one at a time: the page's queue has one worker)."""
+    """One loaded model serving every visitor (queries run one at a time: the page's queue has one worker).
+
+    Args:
+        grounder: the model and recipe every query runs on.
+        workdir: the server's temporary folder; each visitor's results go in a folder under ``results/``.
+        settings: what the JSON download records about the model (its name or folder, the preset).
+        max_visitors: visitors whose last answer is kept on disk; the least recent beyond this are deleted.
+        max_pixels: the largest image accepted, checked from its header before it is decoded.
+    """
 
     def __init__(self, grounder: Grounder, workdir: Path, settings: dict[str, str],
                  max_visitors: int = MAX_VISITORS, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-        """``settings``: what the JSON download records about the model (its name or folder, the preset)."""
         self.grounder = grounder
         self.workdir = Path(workdir)
         self.settings = settings
@@ -107,7 +114,18 @@ class Session:
     def answer(self, upload: str | None, mode: str, text: str, progress: Progress = lambda _f, _d: None,
                visitor: str | None = None) -> Answer:
         """Ground the typed phrases (one per line) or the pasted report in the uploaded image; ``visitor`` names
-        whose results folder the downloads replace."""
+        whose results folder the downloads replace.
+
+        Args:
+            upload: the uploaded file's path; None before an upload.
+            mode: ``Phrases`` (one per line, repeats grounded once) or ``Report`` (its findings read by medSpaCy).
+            text: the phrases or the report, at most ``MAX_TEXT_CHARS`` characters; invisible characters are removed.
+            progress: called with (fraction done, what is happening) for the page's progress bar.
+            visitor: the page session whose previous downloads are replaced; None: a fresh folder.
+
+        Returns:
+            The Answer to show; a MedgroundError becomes an Answer with ``error`` set, never an exception.
+        """
         try:
             return self._answer(upload, mode, text or "", progress, visitor)
         except MedgroundError as exc:
@@ -177,6 +195,8 @@ def boxes_table(grounding: ReportGrounding | None) -> str:
 
 
 def status_html(answer: Answer) -> str:
+    """The answer's message as the page's status line; an error is marked ``role="alert"`` so screen readers say
+    it."""
     kind = "error" if answer.error else "info"
     role = ' role="alert"' if answer.error else ""
     prefix = "Error: " if answer.error else ""

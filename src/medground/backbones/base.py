@@ -62,6 +62,7 @@ class NoiseSchedule:
         return torch.cumprod(1.0 - betas, dim=0)
 
     def to_dict(self) -> dict[str, Any]:
+        """The schedule as ``model.json`` records it (``noise_schedule``)."""
         return asdict(self)
 
 
@@ -70,6 +71,18 @@ class Backbone(ABC):
 
     Images enter as (B, 1, S, S) float tensors in [0, 1]; latents leave scaled and ready for the UNet. Text is
     embedded padded to ``max_text_length`` with no attention mask unless the family's recipe says otherwise.
+
+    Args:
+        autoencoder: maps images to latents (each family knows its encode API).
+        unet: the denoising UNet, conditioned on text through cross-attention.
+        text_encoder: gives the hidden states the UNet attends to.
+        tokenizer: the text encoder's tokenizer; its ``model_max_length`` is the padded prompt length.
+        noise_schedule: the training schedule (betas, prediction type).
+        latent_scale: latents are the autoencoder's posterior mean times this.
+        image_size: S, the side of the square input the model was trained at.
+        name: how runs, output records and messages name the model.
+        description: the description it was read from (``model.json``); its ``grounding_defaults`` go on top of
+            the family's. None: empty.
     """
 
     family: ClassVar[str]
@@ -97,7 +110,17 @@ class Backbone(ABC):
     @abstractmethod
     def from_spec(cls, model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None) -> Backbone:
         """Build the model a description (``model.json``, or ``spec_of_folder``'s) gives, reading from ``model_dir``;
-        ``text_source`` replaces where the text encoder and tokenizer come from."""
+        ``text_source`` replaces where the text encoder and tokenizer come from.
+
+        Args:
+            model_dir: the folder the description's relative paths are read from.
+            spec: the description, already read and checked (``model_dir.read_spec``).
+            text_source: ``{"path": DIR}`` or ``{"hub_id": ID, "revision": REV}`` (``model_dir.parse_source``);
+                None: the description's own.
+
+        Raises:
+            ModelLoadError: a part that does not load strictly (WeightsNotFoundError: its files are not there).
+        """
 
     @classmethod
     def spec_of_folder(cls, folder: Path) -> dict[str, Any] | None:
@@ -111,15 +134,18 @@ class Backbone(ABC):
 
     @property
     def device(self) -> torch.device:
+        """Where the UNet's weights are (``to`` moves every network together)."""
         return next(self.networks()["unet"].parameters()).device
 
     def to(self, device: torch.device | str) -> Backbone:
+        """Move every network to ``device``; returns the model itself, so calls chain."""
         for network in self.networks().values():
             network.to(device)
         return self
 
     @property
     def max_text_length(self) -> int:
+        """Tokens every prompt is padded to (the tokenizer's ``model_max_length``)."""
         return int(self.tokenizer.model_max_length)
 
     # --- the operations the engine uses ---------------------------------------------------------------------
@@ -134,7 +160,13 @@ class Backbone(ABC):
     @abstractmethod
     def predict(self, latents: torch.Tensor, timestep: int | torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The UNet's output (epsilon or v, see ``noise_schedule``) at one timestep shared by the batch, or at one
-        timestep per batch element (a tensor as long as the batch)."""
+        timestep per batch element (a tensor as long as the batch).
+
+        Args:
+            latents: (B, C, h, w) scaled latents.
+            timestep: one timestep for the batch, or a tensor of B timesteps.
+            context: (B, L, D) text hidden states (``embed_text``).
+        """
 
     @abstractmethod
     def attention_layers(self, kind: Literal["cross", "self"] = "cross") -> list[str]:
@@ -164,6 +196,8 @@ class Backbone(ABC):
             undo()
 
     def check_layers(self, paths: Sequence[str], kind: Literal["cross", "self"] = "cross") -> None:
+        """A ConfigError listing the model's layers unless every path is one of its ``kind``-attention layers, so a
+        wrong path fails before any UNet work."""
         available = self.attention_layers(kind)
         missing = [path for path in paths if path not in available]
         if missing:
@@ -245,6 +279,7 @@ class Backbone(ABC):
         return {**self.family_defaults(), **self.description.get("grounding_defaults", {})}
 
     def family_defaults(self) -> dict[str, Any]:
+        """The family's read-out defaults; a family overrides this for defaults that depend on the UNet (layers)."""
         return dict(self.default_grounding)
 
 
@@ -257,6 +292,7 @@ when one of its models is loaded). Adding a family = one module + one entry here
 
 
 def family_class(family: object, where: str) -> type[Backbone]:
+    """The Backbone class of ``family``, imported now; an unknown family is a ModelLoadError naming ``where``."""
     if family not in FAMILIES:
         raise ModelLoadError(f"{where}: unknown model family {family!r}; known: {sorted(FAMILIES)}")
     module_name, _, class_name = FAMILIES[str(family)].partition(":")

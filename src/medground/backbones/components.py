@@ -21,7 +21,9 @@ class PixelUnshuffleAutoencoder(nn.Module):
         self.factor = factor
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) in [0, 1] -> (B, C * factor^2, S / factor, S / factor) in [-1, 1]."""
         return F.pixel_unshuffle(images * 2.0 - 1.0, self.factor)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The exact inverse of ``encode``."""
         return (F.pixel_shuffle(latents, self.factor) + 1.0) / 2.0

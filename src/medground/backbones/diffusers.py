@@ -28,6 +28,7 @@ from medground.backbones.weights import (
     read_json_object,
     read_safetensors,
     read_torch_state,
+    shard_names,
 )
 from medground.errors import ModelLoadError, WeightsNotFoundError
 from medground.outputs import json_bytes, write_atomic
@@ -49,6 +50,15 @@ TOKENIZER_CLASSES = {"CLIPTokenizer": "transformers.CLIPTokenizer", "CLIPTokeniz
 
 
 class DiffusersBackbone(Backbone):
+    """A Backbone over diffusers' UNet and VAE, so SD-style models ground through the same engine as MONAI's.
+
+    Args:
+        text_attention_mask: feed the BERT text encoder each prompt's attention mask, as G2G does (the empty null
+            prompt stays unmasked).
+        *args: ``Backbone``'s arguments.
+        **kwargs: ``Backbone``'s keyword arguments.
+    """
+
     family = "diffusers"
     default_grounding = {"inference_steps": 300, "gaussian_sigma": 2.5}
     folder_hint = f"a diffusers pipeline folder has {PIPELINE_FILE}"
@@ -161,13 +171,23 @@ class _CapturingProcessor:
 
 
 def network_class(part: str) -> type[nn.Module]:
+    """The diffusers class of ``part`` (``NETWORKS``), imported only when a diffusers model is read."""
     import diffusers
 
     return getattr(diffusers, NETWORKS[part])
 
 
 def load_network(model_dir: Path, spec: dict[str, Any], part: str) -> nn.Module:
-    """The ``part`` network of a model directory (its ``path`` entry names the component folder)."""
+    """The ``part`` network of a model directory (its ``path`` entry names the component folder).
+
+    Args:
+        model_dir: the model directory.
+        spec: its description; ``spec[part]["path"]`` is the component folder, inside ``model_dir``.
+        part: ``unet`` or ``autoencoder``.
+
+    Raises:
+        ModelLoadError: a missing entry, a path leaving the directory, or weights that do not load strictly.
+    """
     where = f"{model_dir / MODEL_FILE} [{part}]"
     entry = spec.get(part)
     if not isinstance(entry, dict):
@@ -218,12 +238,9 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
     if single.is_file():
         return read_safetensors(single), str(single)
     if index.is_file():
-        shards = read_json_object(index).get("weight_map")
-        if not isinstance(shards, dict) or not all(isinstance(shard, str) for shard in shards.values()):
-            raise ModelLoadError(f"{index}: 'weight_map' must map weight names to shard file names")
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(shards.values())):
-            state.update(read_safetensors(inside(folder, shard, str(index))))
+        for shard in shard_names(folder, index.name):
+            state.update(read_safetensors(folder / shard))
         return state, str(index)
     if legacy.is_file():
         return read_torch_state(legacy), str(legacy)
@@ -290,7 +307,20 @@ def _mapped(index: dict[str, Any], part: str, classes: dict[str, str | None], wh
 
 def save_diffusers_model(out_dir: Path, spec: dict[str, Any], unet: nn.Module, autoencoder: nn.Module,
                          text_encoder: nn.Module, tokenizer: Any) -> Path:
-    """Write a medground model directory of this family: diffusers component folders plus ``model.json``."""
+    """Write a medground model directory of this family: diffusers component folders plus ``model.json``.
+
+    Args:
+        out_dir: the folder to write (created if needed).
+        spec: the description's other entries (name, noise schedule, latent scale, image size, provenance, ...);
+            its ``text_encoder`` and ``tokenizer`` entries are merged into those written here.
+        unet: a ``UNet2DConditionModel``, written to ``unet/``; NaN or infinite weights are a ModelLoadError.
+        autoencoder: an ``AutoencoderKL``, written to ``vae/``.
+        text_encoder: a transformers CLIP or BERT text model, written to ``text_encoder/``.
+        tokenizer: its tokenizer, written to ``tokenizer/``.
+
+    Returns:
+        ``out_dir``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_finite(unet, "unet")

@@ -40,7 +40,7 @@ from medground.backbones.model_dir import (
     spec_latent_scale,
     text_part_folder,
 )
-from medground.backbones.weights import inside, read_json_object, sha256_of
+from medground.backbones.weights import read_json_object, sha256_of, shard_names
 from medground.errors import MedgroundError, ModelLoadError
 from medground.outputs import check_apart, check_new_folder, copy_hashed, json_bytes, staged_folder, write_atomic
 
@@ -85,8 +85,25 @@ def _weight_hashes(folder: Path, known: dict[Path, str]) -> list[dict[str, str]]
 
 def import_diffusers(source: str, out: Path, unet: str | None = None, text_encoder: str | None = None,
                      name: str | None = None, data_terms: str | None = None) -> Path:
-    """Import ``source`` (pipeline folder or ``hub-id[@revision]``) into the model directory ``out``, which must not
-    exist yet (or be an empty folder). Nothing is written until every source is found; on failure nothing is left."""
+    """Import ``source`` (pipeline folder or ``hub-id[@revision]``) into the model directory ``out``.
+
+    Args:
+        source: a diffusers pipeline folder (with ``model_index.json``) or ``hub-id[@revision]``.
+        out: the model directory to write: a new or empty folder. Nothing is written until every source is found;
+            everything goes to a hidden sibling folder that becomes ``out`` when complete, and on failure nothing is
+            left.
+        unet: take the UNet from here instead: a folder or ``hub-id[@revision]``, with ``:subfolder`` when the UNet
+            lies in a subfolder of it.
+        text_encoder: take the text encoder and tokenizer from here instead (folder or hub id); its width must be
+            the UNet's ``cross_attention_dim``.
+        name: the model's name; None: the pipeline folder's name.
+        data_terms: the licence and data-use terms to record; None: the known terms of the sources
+            (``KNOWN_TERMS``), else a note that they are unknown.
+
+    Raises:
+        ModelLoadError: ``out`` already holds a model, a component class medground does not support, or parts that
+            do not fit together (WeightsNotFoundError: a source is not available).
+    """
     out = Path(out)
     named = {"pipeline": source, "--unet": (unet or "").partition(":")[0], "--text-encoder": text_encoder or ""}
     check_apart(out, {role: Path(text) for role, text in named.items() if text and Path(text).exists()},
@@ -191,18 +208,8 @@ def _network_files(folder: Path) -> list[str] | None:
     if (folder / single).is_file():
         return [single]
     if (folder / index).is_file():
-        return [index, *_shards(folder, index)]
+        return [index, *shard_names(folder, index)]
     return None
-
-
-def _shards(folder: Path, index_name: str) -> list[str]:
-    index = folder / index_name
-    shards = read_json_object(index).get("weight_map")
-    if not isinstance(shards, dict) or not all(isinstance(shard, str) for shard in shards.values()):
-        raise ModelLoadError(f"{index}: 'weight_map' must map weight names to shard file names")
-    for shard in shards.values():
-        inside(folder, shard, str(index))  # no shard outside the component folder
-    return sorted(set(shards.values()))
 
 
 def _import_text_encoder(text_base: Path, spec: dict[str, Any], staging: Path, hashes: dict[Path, str]) -> int:
@@ -239,7 +246,7 @@ def _text_files(folder: Path, loaded_class: str) -> list[str] | None:
     if (folder / single).is_file():
         return [single]
     if (folder / index).is_file():
-        return [index, *_shards(folder, index)]
+        return [index, *shard_names(folder, index)]
     return None
 
 

@@ -48,7 +48,16 @@ def parse_source(source: str) -> dict[str, str]:
 
 
 def hub_snapshot(hub_id: str, revision: str, allow_patterns: list[str] | None = None) -> Path:
-    """The local snapshot of a hub repository; offline it works from the cache, and errors name id and revision."""
+    """The local snapshot of a hub repository; offline it works from the cache, and errors name id and revision.
+
+    Args:
+        hub_id: the repository, ``org/name``.
+        revision: a branch, tag or commit.
+        allow_patterns: download only the files matching these globs; None: every file.
+
+    Raises:
+        WeightsNotFoundError: the repository or revision is not available (unknown, gated, or offline and not cached).
+    """
     from huggingface_hub import snapshot_download
 
     try:
@@ -92,7 +101,16 @@ def check_grounding_defaults(defaults: dict[str, Any], where: str) -> None:
 
 
 def spec_image_size(spec: dict[str, Any], where: str, factor: int) -> int:
-    """The model's square input side: a positive multiple of the autoencoder's downsampling factor."""
+    """The model's square input side: a positive multiple of the autoencoder's downsampling factor.
+
+    Args:
+        spec: the model description.
+        where: names the file in messages.
+        factor: the autoencoder's downsampling factor.
+
+    Raises:
+        ModelLoadError: a size that is not a positive multiple of ``factor``, or is over ``MAX_IMAGE_SIZE``.
+    """
     size = spec.get("image_size")
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % factor:
         raise ModelLoadError(f"{where}: image_size must be a positive multiple of the autoencoder's factor {factor}, "
@@ -104,6 +122,7 @@ def spec_image_size(spec: dict[str, Any], where: str, factor: int) -> int:
 
 
 def spec_latent_scale(spec: dict[str, Any], where: str) -> float:
+    """The description's ``latent_scale``: a finite number > 0, else a ModelLoadError naming ``where``."""
     scale = spec.get("latent_scale")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise ModelLoadError(f"{where}: latent_scale must be a finite number > 0, got {scale!r}")
@@ -111,6 +130,8 @@ def spec_latent_scale(spec: dict[str, Any], where: str) -> float:
 
 
 def spec_noise_schedule(values: Any, where: str) -> NoiseSchedule:
+    """A NoiseSchedule from a description's ``noise_schedule``; a bad key or value is a ModelLoadError naming
+    ``where``."""
     if not isinstance(values, dict):
         raise ModelLoadError(f"{where}: noise_schedule must be an object, got {values!r}")
     try:
@@ -125,7 +146,19 @@ def spec_noise_schedule(values: Any, where: str) -> NoiseSchedule:
 def spec_parts(model_dir: Path, spec: dict[str, Any], text_source: dict[str, str] | None,
                factor: int) -> dict[str, Any]:
     """What every family reads the same way from ``model.json``: text encoder and tokenizer, noise schedule,
-    latent scale, image size, name."""
+    latent scale, image size, name.
+
+    Args:
+        model_dir: the model directory.
+        spec: its description.
+        text_source: where the text encoder and tokenizer come from instead (``parse_source``); None: the
+            description's.
+        factor: the autoencoder's downsampling factor (``image_size`` must be a multiple of it).
+
+    Returns:
+        Keyword arguments of ``Backbone``: text_encoder, tokenizer, noise_schedule, latent_scale, image_size, name,
+        description.
+    """
     where = str(model_dir / MODEL_FILE)
     return {"text_encoder": load_text_part(model_dir, spec, "text_encoder", text_source),
             "tokenizer": load_text_part(model_dir, spec, "tokenizer", text_source),
@@ -145,7 +178,20 @@ def text_part_folder(base: Path, part: str) -> Path:
 
 
 def load_text_part(model_dir: Path, spec: dict[str, Any], part: str, override: dict[str, str] | None) -> Any:
-    """The text encoder (frozen, checked finite) or the tokenizer named by ``spec[part]``, or by ``override``."""
+    """The text encoder (frozen, checked finite) or the tokenizer named by ``spec[part]``, or by ``override``.
+
+    Args:
+        model_dir: the model directory; a ``path`` source in ``spec`` is relative to it and must stay inside.
+        spec: its description; ``spec[part]`` gives the class, the source and, for a tokenizer, ``max_length``.
+        part: ``text_encoder`` or ``tokenizer``.
+        override: a source that replaces ``spec[part]["source"]`` (``parse_source``): a folder, taken as it is, or
+            a hub id; None: the description's.
+
+    Raises:
+        WeightsNotFoundError: the folder, the tokenizer files or the hub repository are not there.
+        ModelLoadError: an unsupported class, a malformed source, or weights that leave parameters unfilled or are
+            not finite.
+    """
     from transformers.utils import logging as transformers_logging
 
     verbosity = transformers_logging.get_verbosity()
@@ -228,7 +274,18 @@ def _info(part: str) -> dict[str, bool]:
 
 def save_model_dir(out_dir: Path, spec: dict[str, Any], networks: dict[str, nn.Module],
                    text_encoder: nn.Module | None = None, tokenizer: Any = None) -> Path:
-    """Write ``model.json``, one safetensors per network with weights, and the text folders if given."""
+    """Write ``model.json``, one safetensors per network with weights, and the text folders if given.
+
+    Args:
+        out_dir: the folder to write (created if needed).
+        spec: the description; every network with weights needs its entry ``spec[part]``, which gets ``weights``.
+        networks: part name -> module; a module without weights (the pixel-unshuffle autoencoder) writes no file.
+        text_encoder: written to ``text_encoder/`` and recorded with its class; None: ``spec`` says where it is.
+        tokenizer: written to ``tokenizer/`` and recorded likewise; None: ``spec`` says where it is.
+
+    Returns:
+        ``out_dir``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"format": MODEL_FORMAT, **spec}

@@ -50,6 +50,7 @@ NETWORK_CLASSES: dict[str, Callable[[], type[nn.Module]]] = {
 
 
 def network_class(name: object, where: str = "model.json") -> type[nn.Module]:
+    """The allow-listed class ``name`` (``NETWORK_CLASSES``), imported now; any other name is a ModelLoadError."""
     if name not in NETWORK_CLASSES:
         raise ModelLoadError(f"{where}: unknown network class {name!r}; supported: {sorted(NETWORK_CLASSES)}")
     return NETWORK_CLASSES[str(name)]()
@@ -69,6 +70,14 @@ def _use_fused_attention(unet: nn.Module) -> nn.Module:
 
 
 class MonaiBackbone(Backbone):
+    """A Backbone over MONAI's networks (the paper's model, the ``toy``), so they run through the common engine.
+
+    Args:
+        unet_args: the UNet's constructor arguments, kept so ``fresh_unet`` can rebuild it.
+        *args: ``Backbone``'s arguments.
+        **kwargs: ``Backbone``'s keyword arguments.
+    """
+
     family = "monai-ldm"
     default_grounding = {"inference_steps": 300, "gaussian_sigma": 2.5}
 

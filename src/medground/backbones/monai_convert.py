@@ -69,8 +69,20 @@ def convert_monai_ldm(autoencoder_path: Path, unet_path: Path, text_encoder: str
                       image_size: int = PAPER_IMAGE_SIZE, name: str = "monai-cxr-ldm") -> Path:
     """Published ``autoencoder.pth`` + ``diffusion_model.pth`` + a text encoder source -> model directory.
 
-    ``text_encoder`` is a local folder (SD-2.1-base layout with ``text_encoder/`` and ``tokenizer/``, or the
-    transformers files directly) that is copied in, or ``hub-id[@revision]`` that is recorded, not fetched.
+    Args:
+        autoencoder_path: the old-format autoencoder checkpoint.
+        unet_path: the old-format diffusion UNet checkpoint.
+        text_encoder: a local folder (SD-2.1-base layout with ``text_encoder/`` and ``tokenizer/``, or the
+            transformers files directly) that is copied in, or ``hub-id[@revision]`` that is recorded, not fetched.
+        out_dir: the model directory to write.
+        autoencoder_args: MONAI ``AutoencoderKL`` arguments; None: the paper's.
+        unet_args: MONAI ``DiffusionModelUNet`` arguments; None: the paper's.
+        image_size: the model's input side.
+        name: the model's name.
+
+    Raises:
+        ModelLoadError: a checkpoint that does not fill its network exactly, or a text encoder whose width is not
+            the UNet's ``cross_attention_dim`` (WeightsNotFoundError: a text folder that does not load).
     """
     from transformers import CLIPTextModel, CLIPTokenizer
 

@@ -260,12 +260,9 @@ def text_checkpoint_dtypes(folder: Path) -> tuple[dict[str, torch.dtype], str] |
             continue
         if not name.endswith(".index.json"):
             return _file_dtypes(path), str(path)
-        shards = read_json_object(path).get("weight_map")
-        if not isinstance(shards, dict) or not all(isinstance(shard, str) for shard in shards.values()):
-            raise ModelLoadError(f"{path}: 'weight_map' must map weight names to shard file names")
         dtypes: dict[str, torch.dtype] = {}
-        for shard in sorted(set(shards.values())):
-            dtypes.update(_file_dtypes(inside(folder, shard, str(path))))
+        for shard in shard_names(folder, name):
+            dtypes.update(_file_dtypes(folder / shard))
         return dtypes, str(path)
     return None
 
@@ -283,3 +280,14 @@ def check_text_dtypes(model: nn.Module, dtypes: dict[str, torch.dtype], origin: 
     for key, dtype in dtypes.items():
         if not dtype.is_floating_point and any(key == name or key.endswith(f".{name}") for name in names):
             raise ModelLoadError(_not_floating(origin, key, dtype, type(model).__name__))
+
+
+def shard_names(folder: Path, index_name: str) -> list[str]:
+    """The shard files a sharded checkpoint's index (``*.index.json``) names, each checked to lie in ``folder``."""
+    index = folder / index_name
+    shards = read_json_object(index).get("weight_map")
+    if not isinstance(shards, dict) or not all(isinstance(shard, str) for shard in shards.values()):
+        raise ModelLoadError(f"{index}: 'weight_map' must map weight names to shard file names")
+    for shard in shards.values():
+        inside(folder, shard, str(index))  # no shard outside the component folder
+    return sorted(set(shards.values()))

@@ -36,7 +36,13 @@ class PendingUnits(IterableDataset):
 
 def prepared_units(units: PendingUnits, workers: int, device: torch.device) -> Iterator[PreparedUnit]:
     """Workers are spawned, not forked: a forked one would inherit the output folder's lock and hold it for a few
-    seconds after its parent was killed, refusing the resume."""
+    seconds after its parent was killed, refusing the resume.
+
+    Args:
+        units: the pending units (``PendingUnits``).
+        workers: loader processes; 0 prepares each unit in this process when it is needed.
+        device: the model's device; on CUDA the inputs come pinned.
+    """
     loader = DataLoader(units, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=2 if workers else None, multiprocessing_context="spawn" if workers else None)
     yield from loader

@@ -36,6 +36,8 @@ WINDOW_ROWS = 8192
 
 @dataclass(frozen=True)
 class ManifestRow:
+    """One manifest row, read and checked: its number, id, image and phrases."""
+
     row: int
     id: str | None
     image: str
@@ -58,6 +60,8 @@ class Query:
 
 @dataclass(frozen=True)
 class ImageQueries:
+    """One image of a unit and every query on it: its phrases share one inversion."""
+
     path: str
     queries: tuple[Query, ...]
 
@@ -71,6 +75,7 @@ class Unit:
 
     @property
     def size(self) -> int:
+        """Output rows of the unit: one per query."""
         return sum(len(image.queries) for image in self.images)
 
 
@@ -87,6 +92,8 @@ class Survey:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A manifest file, its image root and its format; rows and the plan are streamed, never held whole."""
+
     path: Path
     root: Path
     format: str

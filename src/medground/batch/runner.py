@@ -27,6 +27,8 @@ from medground.errors import RunDirError
 
 @dataclass(frozen=True)
 class BatchSummary:
+    """What ``run_batch`` did, for the command's last line (``summary_line``)."""
+
     rows: int
     """Output rows of the whole manifest (one per phrase of each row)."""
     computed: int
@@ -119,6 +121,7 @@ def _check_complete(manifest: Manifest, done: dict[int, int], images_per_unit: i
 
 
 def summary_line(summary: BatchSummary, out: Path) -> str:
+    """The line ``medground batch`` ends with: rows, what this run computed, error rows, rate, how to read them."""
     rate = summary.computed / summary.seconds if summary.seconds > 0 else 0.0
     return (f"{summary.rows} rows in {out / 'parts'} ({summary.computed} computed now, {summary.errors} of them error "
             f"rows) in {summary.seconds:.1f} s: {rate:.2f} (image, phrase)/s; read with "

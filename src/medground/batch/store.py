@@ -64,7 +64,14 @@ def output_schema(map_dtype: str, map_side: int) -> Any:
 
 
 class BatchWriter:
-    """The one writer of a batch output folder (see the module docstring); use ``with writer.open(...)``."""
+    """The one writer of a batch output folder (see the module docstring); use ``with writer.open(...)``.
+
+    Args:
+        folder: the output folder.
+        schema: the Parquet schema of a row (``output_schema``).
+        part_rows: rows buffered before a part is written.
+        part_seconds: a part is also written once its oldest buffered unit is this old.
+    """
 
     def __init__(self, folder: Path, schema: Any, part_rows: int = PART_ROWS,
                  part_seconds: float = PART_SECONDS) -> None:
@@ -82,7 +89,17 @@ class BatchWriter:
     def open(self, settings: dict[str, Any], resume: bool,
              session: dict[str, Any] | None = None) -> Iterator[BatchWriter]:
         """``settings`` must match on resume; ``session`` (device, engine, batch size: what may change the last float
-        bits but no row) is appended to the run's ``sessions`` list, so a resumed run says how each part was made."""
+        bits but no row) is appended to the run's ``sessions`` list, so a resumed run says how each part was made.
+
+        Args:
+            settings: what the rows depend on (manifest and its SHA-256, model, config, map side and type).
+            resume: continue the run in the folder; without it, a folder that holds a run is refused.
+            session: this invocation's engine, device and batch size; None: only its row count is recorded.
+
+        Raises:
+            RunDirError: the folder is not writable or is locked by a live writer, holds a run (without
+                ``resume``) or one with other settings, or holds parts without ``run.json``.
+        """
         check_writable_folder(self.folder)
         with exclusive_lock(self.folder):
             self._start(settings, resume, session or {})

@@ -34,6 +34,8 @@ class PreparedUnit:
 
 
 def prepare_unit(unit: Unit, image_size: int) -> PreparedUnit:
+    """The CPU part of a unit: its images read and resized to ``image_size``; an unreadable image becomes an error
+    for its rows instead of stopping the run."""
     images: list[PreparedImage | None] = []
     errors: list[str | None] = []
     for image in unit.images:
@@ -66,11 +68,13 @@ class BatchJob:
     is given): every worker runs exactly this."""
 
     def build(self) -> UnitGrounder:
+        """A worker's unit function (``cluster.Recipe``): a UnitGrounder on the model loaded here."""
         from medground.loading import load_model
 
         return UnitGrounder(self, load_model(self.model, device=self.device, text_encoder=self.text_encoder))
 
     def prepare(self, unit: Unit) -> PreparedUnit:
+        """The CPU part of ``unit`` (``prepare_unit``), run as a Ray task ahead of the GPU actors."""
         return prepare_unit(unit, self.image_size)
 
 
@@ -167,7 +171,16 @@ def _identity(unit: Unit, query: Query) -> dict[str, Any]:
 
 
 def compact_map(model_map: np.ndarray, side: int, dtype: str) -> np.ndarray:
-    """The (S, S) map block-averaged to (side, side), flattened row-major, as ``dtype``."""
+    """The (S, S) map block-averaged to (side, side), flattened row-major, as ``dtype``.
+
+    Args:
+        model_map: the (S, S) final map in the model's square.
+        side: the stored side; it must divide S.
+        dtype: ``float16`` or ``float32``.
+
+    Raises:
+        ConfigError: ``side`` does not divide S.
+    """
     size = model_map.shape[0]
     if size % side:
         raise ConfigError(f"map side {side} does not divide the model's {size}-pixel input")

@@ -19,12 +19,14 @@ GROUPS = (ground, serve, evaluate, batch, models, toy)
 
 
 def version() -> str:
+    """The installed package's version (from its metadata), for ``--version``."""
     from medground import __version__
 
     return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``medground`` parser with every group's subcommands; building it imports no torch."""
     parser = argparse.ArgumentParser(
         prog="medground",
         description="Zero-shot phrase grounding in chest X-rays from a frozen latent diffusion model's "
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` names (None: the process's arguments); returns the exit status: 2 after a
+    MedgroundError, printed as one line, 130 when interrupted."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

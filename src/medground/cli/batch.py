@@ -11,6 +11,7 @@ from medground.cli.common import Parents, at_least_0, at_least_1, cluster_of, co
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    """Register ``batch`` on ``commands``, with the shared flags of ``parents``."""
     batch = command(commands, "batch", run_batch_command, parents=(parents["model"], parents["engine"]))
     batch.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest file (.csv, .jsonl or .parquet)")
     batch.add_argument("--out", type=Path, required=True, help="output folder")

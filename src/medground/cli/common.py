@@ -41,7 +41,15 @@ def command(commands: argparse._SubParsersAction, name: str, run: Callable[[argp
             parents: tuple[argparse.ArgumentParser, ...] = (), description: str | None = None
             ) -> argparse.ArgumentParser:
     """A subcommand whose help is its handler's docstring: the first line is its line in ``medground --help``, the
-    rest heads its own ``--help`` (unless ``description`` is given)."""
+    rest heads its own ``--help`` (unless ``description`` is given).
+
+    Args:
+        commands: the subparsers to add it to (``medground``'s, or ``toy``'s).
+        name: the subcommand.
+        run: its handler; it returns the exit status.
+        parents: parent parsers of shared flags (``model_flags``, ``engine_flags``).
+        description: the ``--help`` text instead of the docstring's body.
+    """
     summary, _, rest = inspect.cleandoc(run.__doc__ or "").partition("\n\n")
     summary = summary.rstrip(".")
     parser = commands.add_parser(name, parents=list(parents), help=summary[:1].lower() + summary[1:],

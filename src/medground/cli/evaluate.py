@@ -22,6 +22,7 @@ from medground.methods import METHODS
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    """Register ``eval``, ``sweep`` and ``compare`` on ``commands``, with the shared flags of ``parents``."""
     evaluate = command(commands, "eval", run_eval, parents=(parents["model"], parents["engine"]))
     _dataset_flags(evaluate, "held-out phantoms: first seed (default 123456789)")
     evaluate.add_argument("--method", required=True, choices=list(METHODS))

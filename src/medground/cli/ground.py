@@ -10,6 +10,7 @@ from medground.cli.common import Parents, command, config_of, model_of
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    """Register ``ground`` and ``report`` on ``commands``, with the shared flags of ``parents``."""
     ground = command(commands, "ground", run_ground, parents=(parents["model"],))
     ground.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
     ground.add_argument("phrases", nargs="+", metavar="PHRASE", help="one or more report phrases")

@@ -10,6 +10,7 @@ from medground.cli.common import Parents, command, quiet_transformers
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    """Register ``models``, ``convert-monai-ldm`` and ``import-diffusers`` on ``commands``."""
     command(commands, "models", run_models)
 
     convert = command(commands, "convert-monai-ldm", run_convert)

@@ -8,6 +8,7 @@ from medground.cli.common import Parents, at_least_1, command, config_of, model_
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    """Register ``serve`` on ``commands``, with the shared flags of ``parents``."""
     from medground.app.limits import MAX_PHRASES, MAX_UPLOAD_MB
 
     serve = command(commands, "serve", run_serve, parents=(parents["model"],), description=(

@@ -12,6 +12,7 @@ from medground.toy import DEMO_SEED, TOY_METHODS
 
 
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
+    """Register ``demo`` and ``toy eval`` on ``commands``, with the shared flags of ``parents``."""
     demo = command(commands, "demo", run_demo_command)
     demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     demo.add_argument("--model", default="toy", help="toy model name or folder (default: toy)")

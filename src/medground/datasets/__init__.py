@@ -27,6 +27,7 @@ DEFAULT_PHANTOMS = 40
 
 
 def reader(name: str) -> Any:
+    """The reader function of dataset ``name``, imported now (listing ``DATASETS`` imports no reader)."""
     module, _, function = DATASETS[name].partition(":")
     return getattr(importlib.import_module(module), function)
 

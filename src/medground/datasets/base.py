@@ -68,6 +68,7 @@ class DatasetLoad:
         return self
 
     def describe(self) -> str:
+        """One line on what was loaded and what the crop filter removed, for the command's output."""
         return (f"{self.name}: {len(self.samples)} samples; skipped {len(self.skipped_samples)} with no box inside "
                 f"the crop; dropped {self.dropped_boxes} boxes outside it")
 
@@ -81,7 +82,13 @@ def sample_id(image_key: str, phrase: str) -> str:
 @contextlib.contextmanager
 def csv_rows(path: Path, dict_rows: bool = True, required: Sequence[str] = ()) -> Iterator[Iterator[Any]]:
     """The rows of a UTF-8 CSV (as dicts with the ``required`` columns, or lists); an undecodable or malformed file,
-    or missing columns, is a DatasetError."""
+    or missing columns, is a DatasetError.
+
+    Args:
+        path: the CSV file.
+        dict_rows: rows as dicts keyed by the header (else as lists, for files whose header is malformed: NIH).
+        required: columns the header must have (dict rows only).
+    """
     from medground.text_input import open_text
 
     try:
@@ -99,6 +106,16 @@ def csv_rows(path: Path, dict_rows: bool = True, required: Sequence[str] = ()) -
 
 
 def parse_number(value: Any, column: str, where: str) -> float:
+    """A dataset cell as a finite float, so a malformed row fails before anything is evaluated.
+
+    Args:
+        value: the cell.
+        column: its column, for the message.
+        where: the file and row, for the message.
+
+    Raises:
+        DatasetError: a value that is not a finite number.
+    """
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -109,6 +126,18 @@ def parse_number(value: Any, column: str, where: str) -> float:
 
 
 def parse_box(x: Any, y: Any, w: Any, h: Any, where: str) -> Box:
+    """An (x, y, w, h) box from four dataset cells, in pixels of the original image.
+
+    Args:
+        x: the left edge.
+        y: the top edge.
+        w: the width.
+        h: the height.
+        where: the file and row, for messages.
+
+    Raises:
+        DatasetError: a value that is not a finite number, or a width or height that is not positive.
+    """
     box = tuple(parse_number(v, c, where) for v, c in ((x, "x"), (y, "y"), (w, "w"), (h, "h")))
     if box[2] <= 0 or box[3] <= 0:
         raise DatasetError(f"{where}: box {box} must have positive width and height")
@@ -116,7 +145,16 @@ def parse_box(x: Any, y: Any, w: Any, h: Any, where: str) -> Box:
 
 
 def image_under(root: Path, relative: str, where: str) -> Path:
-    """``root / relative`` for a path from a dataset file; absolute paths and paths leaving ``root`` are refused."""
+    """``root / relative`` for a path from a dataset file; absolute paths and paths leaving ``root`` are refused.
+
+    Args:
+        root: the dataset root (``--root``).
+        relative: the path as the dataset file writes it.
+        where: the file and row, for messages.
+
+    Raises:
+        DatasetError: an empty or absolute path, or one that resolves outside ``root``.
+    """
     if not relative or Path(relative).is_absolute():
         raise DatasetError(f"{where}: image path {relative!r} must be relative to the dataset root {root}")
     path = (root / relative).resolve()
@@ -127,7 +165,16 @@ def image_under(root: Path, relative: str, where: str) -> Path:
 
 def checked_size(path: Path, where: str, declared: tuple[int, int] | None = None) -> tuple[int, int]:
     """The image's (width, height) from its header; a missing or unreadable file, or a size that disagrees with
-    what the dataset file declares, is an error naming the row."""
+    what the dataset file declares, is an error naming the row.
+
+    Args:
+        path: the image file; only its header is read.
+        where: the file and row, for messages.
+        declared: the (width, height) the dataset file gives; None: nothing to compare.
+
+    Raises:
+        DatasetError: as above.
+    """
     try:
         size = image_size(path)
     except ImageError as exc:
@@ -151,7 +198,13 @@ class SampleRows:
 
     def add(self, box: Box, where: str, category: str) -> None:
         """One more box of this sample; a row of another class for the same (image, phrase) is an error, since
-        its box would be scored as this class's."""
+        its box would be scored as this class's.
+
+        Args:
+            box: (x, y, w, h) in pixels of the original image.
+            where: the file and row it came from.
+            category: the row's class.
+        """
         if category != self.category:
             raise DatasetError(f"{where} ({category!r}) and {self.rows[0]} ({self.category!r}) give the same phrase "
                                f"{self.phrase!r} on one image {self.image_key} under different classes; fix the "
@@ -162,7 +215,16 @@ class SampleRows:
 
 def assemble(name: str, groups: Iterable[SampleRows], sizes: Callable[[SampleRows], tuple[int, int]]) -> DatasetLoad:
     """Samples from grouped rows: exact duplicate rows are dropped and noted; two groups whose ids collide (two
-    labels that read as the same phrase on one image) are an error naming both."""
+    labels that read as the same phrase on one image) are an error naming both.
+
+    Args:
+        name: the dataset's name.
+        groups: each sample's rows (``SampleRows``), in file order.
+        sizes: gives a group's image (width, height), checked against the image file where there is one.
+
+    Raises:
+        DatasetError: colliding sample ids, or a size the ``sizes`` function refuses.
+    """
     load = DatasetLoad(name=name, samples=[])
     seen: dict[str, SampleRows] = {}
     for group in groups:

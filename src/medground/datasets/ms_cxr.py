@@ -19,6 +19,15 @@ DEFAULT_CSV_NAMES = ("MS_CXR_Local_Alignment_v1.1.0.csv", "MS_CXR_Local_Alignmen
 
 
 def read_ms_cxr(root: Path, csv: Path | None = None):
+    """MS-CXR samples, every row checked (see above) before any is used; the crop filter comes after.
+
+    Args:
+        root: the MIMIC-CXR-JPG root the CSV's ``path`` column is relative to.
+        csv: the annotation file; None: the first of ``DEFAULT_CSV_NAMES`` found in ``root``.
+
+    Raises:
+        DatasetError: no CSV, or a row that cannot be used (named by file and row).
+    """
     csv = csv or next((root / name for name in DEFAULT_CSV_NAMES if (root / name).is_file()), None)
     if csv is None or not Path(csv).is_file():
         raise DatasetError(f"MS-CXR CSV not found (given {csv}, looked for {DEFAULT_CSV_NAMES} in {root}); pass --csv")

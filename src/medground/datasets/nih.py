@@ -19,10 +19,20 @@ DEFAULT_CSV_NAMES = ("BBox_List_2017.csv", "BBox_List_2017.subset.csv")
 
 
 def nih_phrase(label: str) -> str:
+    """The phrase grounded for a Finding Label: report words (``NIH_PHRASES``), else the label in lower case."""
     return NIH_PHRASES.get(label, label.lower())
 
 
 def read_nih(root: Path, csv: Path | None = None):
+    """NIH ChestX-ray14 samples, every row checked before any is used; the crop filter comes after.
+
+    Args:
+        root: the dataset root, with the images in ``root/images/``.
+        csv: the bounding-box file; None: the first of ``DEFAULT_CSV_NAMES`` found in ``root``.
+
+    Raises:
+        DatasetError: no CSV, an unexpected header, or a row that cannot be used (named by file and row).
+    """
     csv = csv or next((root / name for name in DEFAULT_CSV_NAMES if (root / name).is_file()), None)
     if csv is None or not Path(csv).is_file():
         raise DatasetError(f"NIH bounding-box CSV not found (given {csv}, looked for {DEFAULT_CSV_NAMES} in {root})")

@@ -31,6 +31,8 @@ ZONES = ("upper", "mid", "lower")
 
 @dataclass(frozen=True)
 class Finding:
+    """One finding drawn into a phantom: its kind, side, caption phrase and box."""
+
     kind: str
     side: str | None
     """``left``/``right`` in the patient's convention; None for cardiomegaly."""
@@ -41,6 +43,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class Phantom:
+    """A generated image with its findings and the caption the toys are trained on."""
+
     seed: int
     image: np.ndarray
     findings: tuple[Finding, ...]
@@ -169,6 +173,8 @@ def phantom_vocabulary() -> list[str]:
 
 
 def read_phantoms(seed: int = 0, n: int = 40) -> DatasetLoad:
+    """Phantoms ``seed .. seed + n - 1`` as a dataset, one sample per finding; a seed below 0 or an ``n`` below 1 is
+    a DatasetError."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DatasetError(f"phantom seed must be a non-negative integer, got {seed!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -21,6 +21,15 @@ REQUIRED_COLUMNS = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max"
 
 
 def read_vindr(root: Path, csv: Path | None = None):
+    """VinDr-CXR samples of the MS-CXR classes, every kept row checked; the crop filter comes after.
+
+    Args:
+        root: the folder searched (recursively) for the images.
+        csv: the annotations; None: ``root/annotations_test.csv``.
+
+    Raises:
+        DatasetError: no annotations, an image not found under ``root``, or a row that cannot be used.
+    """
     csv = csv or root / "annotations_test.csv"
     if not Path(csv).is_file():
         raise DatasetError(f"VinDr-CXR annotations not found: {csv}; pass --csv")

@@ -36,7 +36,13 @@ class RecordedAttention:
 
 def step_weights(config: GroundingConfig, timesteps: Sequence[int], window: Sequence[int]) -> list[float]:
     """Weight of each recorded timestep in the activation map: the configured step weight inside the window, 0
-    outside it (BBM records every position, but only the window makes the map)."""
+    outside it (BBM records every position, but only the window makes the map).
+
+    Args:
+        config: its ``step_weights`` (None: 1 at every window position).
+        timesteps: the recorded timesteps, in recording order.
+        window: the window's timesteps in order; ``config.step_weights`` pairs with them.
+    """
     weights = config.step_weights or (1.0,) * len(window)
     by_timestep = dict(zip(window, weights))
     return [by_timestep.get(t, 0.0) for t in timesteps]
@@ -48,7 +54,19 @@ def record_attention(backbone: Backbone, latents: WindowLatents, image_index: Se
                      batch_limit: int | None = None) -> RecordedAttention:
     """Run the conditional passes of all (image, phrase) pairs: every pass holds all pairs at one or more recorded
     positions (as many as fit in ``batch_limit`` UNet batch elements, at least one; each element at its own
-    timestep), since on a CPU or a large GPU a few large batches beat many small ones."""
+    timestep), since on a CPU or a large GPU a few large batches beat many small ones.
+
+    Args:
+        backbone: the model whose cross-attention is recorded.
+        latents: every image's window latents, (steps, images, C, h, w).
+        image_index: for each phrase, the index of its image in ``latents``.
+        phrases: the P tokenised phrases, one per (image, phrase) pair, in the order of ``image_index``.
+        config: a resolved config (layers, step weights, window, normalisation, refinement, BBM).
+        batch_limit: UNet batch elements per pass; None: one window step per pass.
+
+    Returns:
+        RecordedAttention: per layer the step-weighted (P, side, side) sum, and with BBM the image and text biases.
+    """
     context = backbone.embed_text([p.phrase for p in phrases])
     weights = token_weights(phrases, context.shape[1])
     index = torch.as_tensor(list(image_index), dtype=torch.long, device=latents.latents.device)
@@ -79,7 +97,17 @@ def record_attention(backbone: Backbone, latents: WindowLatents, image_index: Se
 def text_only_attention(backbone: Backbone, phrases: Sequence[PhraseTokens], config: GroundingConfig,
                         latent_shape: Sequence[int]) -> dict[str, list[torch.Tensor]]:
     """BBM's text bias: each phrase generates an image from fixed noise (DDIM, eta 0, classifier-free guidance
-    ``guidance_scale``) and the phrase-token attention of its conditional half is kept at every step."""
+    ``guidance_scale``) and the phrase-token attention of its conditional half is kept at every step.
+
+    Args:
+        backbone: the model that generates.
+        phrases: the P tokenised phrases; each generates its own image.
+        config: its grid (every position, noisiest first), ``noise_seed``, ``guidance_scale`` and layers.
+        latent_shape: one latent's shape, (C, h, w).
+
+    Returns:
+        Per layer, the raw (P, side, side) phrase maps at every grid position, ascending noise (as the image bias).
+    """
     device = backbone.device
     count = len(phrases)
     cond = backbone.embed_text([p.phrase for p in phrases])

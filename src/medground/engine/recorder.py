@@ -29,8 +29,23 @@ class _PassDone(Exception):
 class AttentionRecorder:
     """Context manager that accumulates phrase-token attention maps of ``layers`` over passes.
 
-    ``token_weights`` is (P, L): row p averages phrase p's kept token positions. The rows of every pass given by
-    ``rows`` hold the P phrases in that order, once per window step the pass covers (each step its own weight).
+    The rows of every pass given by ``rows`` (``record_pass``) hold the P phrases in order, once per window step the
+    pass covers (each step its own weight).
+
+    Args:
+        backbone: the model; capture is installed on entering the block and removed on leaving it.
+        layers: module paths of the cross-attention layers to record.
+        token_weights: (P, L): row p averages phrase p's kept token positions (``text.token_weights``).
+        normalise_each_map: min-max normalise every (layer, step) map before it is weighted and summed.
+        self_attention_power: k > 0 propagates each map k times through its block's self-attention
+            (``readout.refine``), whose layers are then captured too.
+        keep_steps: also keep every step's raw maps (``steps``: BBM's text bias).
+        bias_token: also keep every step's raw maps of this token position (``bias``: BBM's image bias, token 0, the
+            start token); None: not kept.
+
+    Raises:
+        ConfigError: a path that is not a cross-attention layer of the model (or lacks a self-attention layer
+            beside it, when refining).
     """
 
     def __init__(self, backbone: Backbone, layers: Sequence[str], token_weights: torch.Tensor,
@@ -72,7 +87,18 @@ class AttentionRecorder:
     def record_pass(self, run_unet: Callable[[], object], weights: Sequence[float] = (1.0,),
                     rows: slice = slice(None), cut_off: bool = True) -> object:
         """Run one pass over ``len(weights)`` window steps and record the phrases in ``rows`` of its batch, each
-        step's maps weighted by its weight; returns the pass's output (None if cut)."""
+        step's maps weighted by its weight; returns the pass's output (None if cut).
+
+        Args:
+            run_unet: runs the pass (the UNet call with its batch, timesteps and context).
+            weights: one weight per window step the pass holds, in batch order; a step of weight 0 is kept in
+                ``steps`` and ``bias`` but adds nothing to the sums.
+            rows: the batch rows that hold the phrases (the conditional half of a guided pass).
+            cut_off: stop the pass after the last recorded layer; False when its output is needed.
+
+        Raises:
+            ModelOutputError: a recorded layer did not run in the pass.
+        """
         self._rows, self._weights, self._cut_off = rows, tuple(weights), cut_off
         self._recording, self._fired = True, 0
         output = None

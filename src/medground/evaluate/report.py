@@ -41,6 +41,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table, per class and the mean of classes (``summary.md``)."""
     lines = ["| class | n | \\|CNR\\| | CNR (signed) | mIoU | AUROC (binned) | AUROC (exact) |",
              "|---|---|---|---|---|---|---|"]
     rows = [*summary["classes"].items(), ("**mean of classes**", {**summary["overall"], "n": summary["n_samples"]})]
@@ -58,6 +59,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def summary_csv(summary: dict[str, Any]) -> str:
+    """The summary as CSV, per class and the mean of classes (``summary.csv``, for spreadsheets)."""
     header = "class,n," + ",".join(f"{m}_mean,{m}_std" for m in METRICS)
     rows = [header]
     for name, values in [*summary["classes"].items(), ("ALL (mean of classes)",
@@ -69,7 +71,14 @@ def summary_csv(summary: dict[str, Any]) -> str:
 
 def contact_sheet(samples: dict[str, Any], records: Sequence[dict[str, Any]], previews: Path,
                   count: int = 4) -> bytes:
-    """Best and worst samples by mIoU (image, preview heatmap and truth boxes), as PNG bytes."""
+    """Best and worst samples by mIoU (image, preview heatmap and truth boxes), as PNG bytes.
+
+    Args:
+        samples: the run's samples by id; their images are read again, at the previews' stride.
+        records: the scored records.
+        previews: the folder of preview maps (``RunWriter.save_preview``).
+        count: how many best and how many worst samples.
+    """
     from medground.evaluate.store import preview_step
     from medground.images import read_image
     from medground.viz import contact_sheet_png

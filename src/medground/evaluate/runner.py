@@ -31,6 +31,8 @@ from medground.outputs import json_bytes
 
 
 class GroundingMethod(Protocol):
+    """What the harness needs of a method (``medground.methods``): a name and one heatmap per sample."""
+
     name: str
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
@@ -49,7 +51,13 @@ def plan_groups(samples: Sequence[Sample], images_per_group: int) -> list[list[S
 
 def score(heatmap: np.ndarray, sample: Sample, others: Sequence[Sample]) -> dict[str, Any]:
     """The paper's metrics of one sample, whether its map is flat, and its discrimination against the other
-    findings (of other categories) on the same image."""
+    findings (of other categories) on the same image.
+
+    Args:
+        heatmap: the sample's (H, W) map in original pixels, NaN where the method has no prediction.
+        sample: the sample, its boxes in the same pixels.
+        others: the samples scored with it (its group); those on its image with another category are its rivals.
+    """
     boxes = list(sample.boxes)
     record: dict[str, Any] = {
         "cnr": cnr(heatmap, boxes), "cnr_signed": cnr(heatmap, boxes, signed=True), "miou": miou(heatmap, boxes),
@@ -72,18 +80,30 @@ class MemoryStore:
         self._records: list[dict[str, Any]] = []
 
     def records(self) -> list[dict[str, Any]]:
+        """The records kept so far (a copy)."""
         return list(self._records)
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
+        """Keep ``records`` (``RunWriter.append`` without the file)."""
         self._records.extend(records)
 
     def save_preview(self, sample_id: str, heatmap: np.ndarray) -> None:
+        """Nothing: a run in memory makes no contact sheet."""
         pass
 
 
 def score_group(method: GroundingMethod, group: Sequence[Sample], missing: Sequence[str]
                 ) -> tuple[list[dict[str, Any]], list[tuple[str, np.ndarray]]]:
-    """The records and preview maps of a group's ``missing`` samples (the whole group is computed: see above)."""
+    """The records and preview maps of a group's ``missing`` samples (the whole group is computed: see above).
+
+    Args:
+        method: the grounding method.
+        group: the samples of whole images (``plan_groups``), computed together.
+        missing: ids of the samples whose records are wanted.
+
+    Returns:
+        The records (``seconds``: the group's time per sample) and (id, preview map) pairs.
+    """
     started = time.perf_counter()
     heatmaps = dict(zip((s.id for s in group), method.heatmaps(group)))
     seconds = (time.perf_counter() - started) / len(group)
@@ -113,6 +133,7 @@ class GroupScoring:
     options: MethodOptions
 
     def build(self) -> Any:
+        """A worker's unit function (``cluster.Recipe``): the method made here, once, then ``score_group``."""
         from medground.methods import make_method
 
         method = make_method(self.method, self.options)
@@ -121,8 +142,16 @@ class GroupScoring:
 
 def evaluate(load: DatasetLoad, method: GroundingMethod, store: RunWriter | MemoryStore, images_per_group: int = 4,
              progress: bool = True, executor: Executor | None = None) -> list[dict[str, Any]]:
-    """Score every sample of ``load`` not yet in ``store``; returns all records in dataset order. ``executor``: where
-    the groups are scored (default: here, with ``method``)."""
+    """Score every sample of ``load`` not yet in ``store``; returns all records in dataset order.
+
+    Args:
+        load: the dataset, crop-filtered.
+        method: the grounding method (used here when ``executor`` is None).
+        store: an open run folder's writer, or a MemoryStore.
+        images_per_group: images per group: the grain of batching and of recomputation on resume.
+        progress: show a progress bar.
+        executor: where the groups are scored (``medground.cluster``); None: here, with ``method``.
+    """
     done = {record["id"] for record in store.records()}
     groups = plan_groups(load.samples, images_per_group)
     todo = sum(s.id not in done for s in load.samples)
@@ -146,7 +175,15 @@ def evaluate(load: DatasetLoad, method: GroundingMethod, store: RunWriter | Memo
 def evaluation_record(load: DatasetLoad, method: str, options: MethodOptions, requested: dict[str, Any],
                       limit: int | None) -> dict[str, Any]:
     """What ``run.json`` records of an evaluation: the dataset as loaded, the method, and for a model method the
-    model and recipe as asked (``requested``: model, preset, overrides) and the config they resolved to."""
+    model and recipe as asked (``requested``: model, preset, overrides) and the config they resolved to.
+
+    Args:
+        load: the dataset as loaded (its ``source`` says how to load it again).
+        method: the method's name (``METHODS``).
+        options: the method's options; a model method's ``config`` is the resolved one.
+        requested: ``model``, ``preset`` and ``overrides`` as the user gave them.
+        limit: ``--limit``, the number of samples evaluated, first ones first; None: all.
+    """
     model_method = method in MODEL_METHODS
     source = load.source
     record = {"dataset": source.get("dataset", load.name), "root": source.get("root"), "csv": source.get("csv"),
@@ -165,7 +202,24 @@ def evaluation_record(load: DatasetLoad, method: str, options: MethodOptions, re
 def run_evaluation(load: DatasetLoad, method: GroundingMethod, writer: RunWriter, run_record: dict[str, Any],
                    resume: bool = False, images_per_group: int = 4, progress: bool = True,
                    executor: Executor | None = None) -> dict[str, Any]:
-    """Evaluate into a run folder (resumable, one writer), then write summary.json/.md/.csv and a contact sheet."""
+    """Evaluate into a run folder (resumable, one writer), then write summary.json/.md/.csv and a contact sheet.
+
+    Args:
+        load: the dataset, crop-filtered.
+        method: the grounding method.
+        writer: the run folder's writer, not yet open.
+        run_record: what ``run.json`` records (``evaluation_record``); a resumed run must record the same.
+        resume: continue the run in the folder.
+        images_per_group: as ``evaluate``.
+        progress: show a progress bar.
+        executor: as ``evaluate``.
+
+    Returns:
+        The summary (``report.summarise``) with the crop filter's counts.
+
+    Raises:
+        RunDirError: a folder that cannot be used (another run's, locked, corrupt) or written.
+    """
     with writer.open(run_record, resume):
         records = evaluate(load, method, writer, images_per_group, progress, executor)
         summary = {**summarise(records), "skipped_samples": len(load.skipped_samples),

@@ -95,6 +95,7 @@ def preview(heatmap: np.ndarray) -> np.ndarray:
 
 
 def preview_step(height: int, width: int) -> int:
+    """The stride that brings the longer side to at most ``PREVIEW_SIDE`` (previews and contact sheets share it)."""
     return max(1, int(np.ceil(max(height, width) / PREVIEW_SIDE)))
 
 
@@ -106,6 +107,8 @@ class RunWriter:
 
     @contextlib.contextmanager
     def open(self, run_record: dict[str, Any], resume: bool) -> Iterator[RunWriter]:
+        """Lock the folder for the block and start the run, or resume it when ``run_record`` equals the recorded
+        one (``resume``); a torn last line of ``samples.jsonl`` is cut off. Anything else is a RunDirError."""
         check_writable_folder(self.folder)
         with exclusive_lock(self.folder):
             self._start(run_record, resume)
@@ -133,6 +136,7 @@ class RunWriter:
         write_atomic(run_file, json_bytes(run_record))
 
     def records(self) -> list[dict[str, Any]]:
+        """The complete records written so far (what a resume skips)."""
         return read_records(self.folder)
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
@@ -159,9 +163,11 @@ class RunWriter:
             os.close(descriptor)
 
     def save_preview(self, sample_id: str, heatmap: np.ndarray) -> None:
+        """A small float16 copy of a sample's map (``preview``), for the contact sheet."""
         folder = refuse_link(self.folder / "previews")
         folder.mkdir(exist_ok=True)
         write_atomic(folder / f"{sample_id}.npy", npy_bytes(preview(heatmap)))
 
     def write(self, name: str, data: bytes) -> None:
+        """One file of the run (a summary, the contact sheet), written atomically."""
         write_atomic(self.folder / name, data)

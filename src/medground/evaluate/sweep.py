@@ -33,12 +33,14 @@ def combinations(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def combination_name(settings: dict[str, Any]) -> str:
+    """The run folder of one combination: its settings, readable, plus their hash, so two never share a folder."""
     text = json.dumps(settings, sort_keys=True)
     slug = "_".join(f"{k}-{v}" for k, v in settings.items()).replace("/", "-").replace(" ", "")[:60]
     return f"{slug or 'base'}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def score(metrics: dict[str, float]) -> float:
+    """``RANK_SCORE`` of a combination's pooled metrics; higher is better."""
     return metrics["auroc_exact"] + metrics["miou"] + 0.1 * metrics["cnr"]
 
 
@@ -118,6 +120,7 @@ def run_sweep(load: DatasetLoad, model: Any, preset: str, base: dict[str, Any], 
 
 
 def sweep_table(rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, Any]] = ()) -> str:
+    """The ranked rows as a Markdown table (``sweep.md``), then each skipped combination and why."""
     lines = [f"Ranked by {RANK_SCORE}.", "",
              "| rank | settings | mIoU | AUROC (binned) | AUROC (exact) | CNR | discrimination | UNet evals / phrase "
              "| seconds / phrase |", "|---|---|---|---|---|---|---|---|---|"]

@@ -45,6 +45,8 @@ class MethodOptions:
 
 
 def make_method(name: str, options: MethodOptions | None = None) -> Any:
+    """The method ``name`` built from ``options`` (None: the defaults), its module imported only now; an unknown
+    name is a ConfigError."""
     from medground.errors import ConfigError
 
     if name not in METHODS:

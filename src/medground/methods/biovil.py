@@ -115,7 +115,17 @@ def _load_text(variant: BiovilVariant, source: dict[str, str]) -> tuple[Any, Any
 
 
 def load_biovil(variant: str = "biovil", source: str | None = None, device: str = "cpu") -> BiovilMethod:
-    """A ready baseline; ``source`` = hub-id[@revision] or a local copy of the repo (default: the official one)."""
+    """A ready baseline; ``source`` = hub-id[@revision] or a local copy of the repo (default: the official one).
+
+    Args:
+        variant: ``biovil`` or ``biovil-t``.
+        source: as above; None: the variant's official repository at its pinned revision.
+        device: where the image and text models run.
+
+    Raises:
+        ModelLoadError: an unknown variant, hi-ml-multimodal missing, or weights that do not fit their encoder
+            (WeightsNotFoundError: weights that are not available).
+    """
     if variant not in VARIANTS:
         raise ModelLoadError(f"unknown BioViL variant {variant!r}; known: {sorted(VARIANTS)}")
     _require_himl()
@@ -157,6 +167,7 @@ class BiovilMethod:
         return load_biovil(name, options.biovil_weights, options.device)
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """One map per sample, each read from its image file (``heatmap``)."""
         return [self.heatmap(sample.image, sample.phrase) for sample in samples]
 
     def heatmap(self, image_path: str | Path, phrase: str) -> np.ndarray:

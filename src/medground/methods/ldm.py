@@ -15,12 +15,16 @@ from medground.grounder import Grounder
 
 
 class LdmMethod:
+    """The paper's method behind the evaluation interface, so it is scored exactly as the baselines are."""
+
     def __init__(self, name: str, grounder: Grounder) -> None:
         self.name = name
         self.grounder = grounder
 
     @classmethod
     def from_options(cls, name: str, options) -> LdmMethod:
+        """A Grounder on ``options.model`` (loaded unless it is a Backbone; for ``untrained`` with fresh UNet and
+        text encoder weights) running ``options.config``."""
         from medground.backbones.base import Backbone
         from medground.loading import load_model
 
@@ -32,6 +36,7 @@ class LdmMethod:
         return cls(name, grounder)
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """One original-size map per sample; samples of one image go in one ``ground_many`` item (one inversion)."""
         by_image: dict[str, list[int]] = {}
         for index, sample in enumerate(samples):
             by_image.setdefault(sample.image_key, []).append(index)

@@ -27,22 +27,29 @@ class _PositionPrior:
 
 
 class UniformMethod(_PositionPrior):
+    """Every pixel 1: the floor any method must beat."""
+
     name = "uniform"
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """A map of ones of each sample's size."""
         return [np.ones((s.height, s.width), dtype=np.float32) for s in samples]
 
 
 def centre_gaussian(width: int, height: int) -> np.ndarray:
+    """A (height, width) isotropic Gaussian on the image's centre, sigma a quarter of the shorter side, peak 1."""
     sigma = min(width, height) / 4
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     return np.exp(-((xx - (width - 1) / 2) ** 2 + (yy - (height - 1) / 2) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
 class CentreMethod(_PositionPrior):
+    """A centred Gaussian: what a bias towards the middle of the chest alone achieves."""
+
     name = "centre"
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """``centre_gaussian`` of each sample's size."""
         return [centre_gaussian(s.width, s.height) for s in samples]
 
 
@@ -60,9 +67,12 @@ def phantom_box_prior() -> np.ndarray:
 
 
 class PhantomBoxPrior(_PositionPrior):
+    """The mean box mask of the validation phantoms: the best that finding positions alone allow in the toy world."""
+
     name = "prior"
 
     def heatmaps(self, samples: Sequence[Sample]) -> list[np.ndarray]:
+        """The prior, resized (bilinear) to each sample's size when that is not 64 x 64."""
         from PIL import Image
 
         prior = phantom_box_prior()

@@ -27,7 +27,13 @@ def _eight_bit(values: torch.Tensor) -> np.ndarray:
 
 def merge_biases(activation: torch.Tensor, image_bias: dict[str, list[torch.Tensor]],
                  text_bias: dict[str, list[torch.Tensor]]) -> torch.Tensor:
-    """(P, S, S) activation and per-layer, per-position biases -> (P, S, S) merged map in [0, 1]."""
+    """(P, S, S) activation and per-layer, per-position biases -> (P, S, S) merged map in [0, 1].
+
+    Args:
+        activation: the activation map A, (P, S, S) (the Grounder merges at the latent's side, then resizes).
+        image_bias: per layer, the (P, h, w) start-token maps at every grid position (``RecordedAttention``).
+        text_bias: per layer, the (P, h, w) phrase maps of the text-only generation at the same positions.
+    """
     side = activation.shape[-1]
     pairs = [(resize_square(i, side, "nearest"), resize_square(t, side, "nearest"))
              for layer in image_bias for i, t in zip(image_bias[layer], text_bias[layer])]

@@ -22,7 +22,13 @@ def min_max(maps: torch.Tensor, dims: Sequence[int] = (-2, -1)) -> torch.Tensor:
 
 
 def resize_square(maps: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """(P, h, w) -> (P, size, size) float32 on the CPU; bilinear with align_corners False, as the official code."""
+    """(P, h, w) -> (P, size, size) float32 on the CPU; bilinear with align_corners False, as the official code.
+
+    Args:
+        maps: (P, h, w) maps on any device.
+        size: the output side.
+        mode: ``bilinear`` or ``nearest``; another is a ConfigError.
+    """
     if mode not in RESIZE_MODES:
         raise ConfigError(f"resize mode must be one of {list(RESIZE_MODES)}, got {mode!r}")
     options = {"align_corners": False} if mode == "bilinear" else {}

@@ -20,6 +20,7 @@ from medground.readout.maps import min_max
 
 
 def gmm_threshold(values: np.ndarray) -> float:
+    """Generate-to-Ground's threshold: the mean of the two component means of a Gaussian mixture on ``values``."""
     from sklearn.mixture import GaussianMixture
 
     mixture = GaussianMixture(n_components=2, random_state=0).fit(values.reshape(-1, 1).astype(np.float64))
@@ -37,8 +38,11 @@ def remove_orphans(mask: np.ndarray) -> np.ndarray:
 def smooth_and_threshold(heatmap: np.ndarray, sigma: float, threshold: str) -> tuple[np.ndarray, np.ndarray]:
     """Model-space map -> (final map, foreground mask), both (S, S). A flat map gives zeros and an empty mask.
 
-    ``otsu`` and ``gmm`` zero the map outside the foreground (the paper's soft map); ``none`` keeps the soft map and
-    the mask is every pixel above zero.
+    Args:
+        heatmap: the (S, S) activation map in the model's square, any scale (it is min-max normalised here).
+        sigma: Gaussian sigma in pixels of that map; 0 skips the smoothing.
+        threshold: ``otsu`` or ``gmm`` zero the map outside the foreground (the paper's soft map); ``none`` keeps the
+            soft map and the mask is every pixel above zero.
     """
     smoothed = ndimage.gaussian_filter(heatmap.astype(np.float32), sigma=sigma) if sigma > 0 else heatmap
     normalised = min_max(torch.from_numpy(np.ascontiguousarray(smoothed, dtype=np.float32))).numpy()

@@ -18,7 +18,19 @@ def ground_report(grounder: Grounder, image: ImageInput | PreparedImage, report:
                   max_findings: int | None = None) -> ReportGrounding:
     """Ground the positive and uncertain findings of ``report``; a finding written twice (FINDINGS and IMPRESSION)
     is grounded once, as positive if either mention is. With nothing to ground, no inversion runs; with more than
-    ``max_findings`` (a server's bound on one query), nothing runs and the error says so."""
+    ``max_findings`` (a server's bound on one query), nothing runs and the error says so.
+
+    Args:
+        grounder: the model and recipe.
+        image: as ``Grounder.ground`` takes it; it is read before the report, so a bad image fails first.
+        report: the report's text (English).
+        max_findings: the most findings one call grounds; None: no bound.
+
+    Raises:
+        ReportError: a report that is not text or is empty.
+        PhraseError: more findings than ``max_findings``.
+        ExtraNotInstalledError: medSpaCy is not installed (``medground[reports]``).
+    """
     prepared = prepare_image(image, grounder.model.image_size)  # a bad image fails first, whatever the report says
     mentions = [_groundable(grounder, mention) for mention in read_mentions(report)]
     kept: dict[str, Mention] = {}
@@ -51,7 +63,13 @@ def _groundable(grounder: Grounder, mention: Mention) -> Mention:
 
 
 def ground_phrases(grounder: Grounder, image: ImageInput | PreparedImage, phrases: Sequence[str]) -> ReportGrounding:
-    """Phrases grounded as given (no negation reading), in the same form as a report's findings."""
+    """Phrases grounded as given (no negation reading), in the same form as a report's findings.
+
+    Args:
+        grounder: the model and recipe.
+        image: as ``Grounder.ground`` takes it.
+        phrases: the phrases, numbered in order; a repeated one is grounded once.
+    """
     unique = list(dict.fromkeys(phrases))
     results = grounder.ground(image, unique)
     findings = [GroundedFinding(number, phrase, TYPED_PHRASE, result)

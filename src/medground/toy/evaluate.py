@@ -78,6 +78,7 @@ def evaluate_toy(model: Any, seed: int, n: int, methods: Sequence[str] = TOY_MET
 
 
 def format_table(report: dict[str, Any]) -> str:
+    """``evaluate_toy``'s report as the Markdown table ``medground toy eval`` prints."""
     lines = [f"toy evaluation: seeds {report['seed']}..{report['seed'] + report['n_images'] - 1}, "
              f"{report['n_phrases']} phrases",
              "| method | mIoU | AUROC (binned) | AUROC (exact) | CNR | discrimination | UNet evals / phrase "

@@ -46,14 +46,23 @@ SHIP_SCORE = f"{RANK_SCORE} + discrimination"
 
 
 def ship_score(metrics: dict[str, Any]) -> float:
+    """``SHIP_SCORE`` of a candidate: the sweep's rank score plus discrimination (0 where there is none)."""
     return score(metrics) + (metrics["discrimination"] or 0.0)
 
 
 def evaluate_candidate(model: Any, defaults: dict[str, Any], n: int) -> dict[str, Any]:
+    """The ``ldm`` metrics of ``model`` with read-out ``defaults`` on validation phantoms (never evaluation seeds).
+
+    Args:
+        model: the loaded checkpoint.
+        defaults: the grounding defaults to try (a ``candidates`` entry), applied over the ``paper`` preset.
+        n: validation phantoms, from ``VALIDATION_SEEDS.start``.
+    """
     return evaluate_toy(model, VALIDATION_SEEDS.start, n, methods=("ldm",), overrides=defaults)["methods"]["ldm"]
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line of ``python -m medground.toy.ship`` (``--help`` lists the flags)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)

@@ -60,7 +60,12 @@ def build_clip_tokenizer(words: Iterable[str], out_dir: Path, num_merges: int = 
                          pad_token: str = "<|endoftext|>"):
     """Write and load a ``transformers.CLIPTokenizer`` whose BPE merges were learnt from ``words``.
 
-    ``pad_token``: SD 1.x pads with the end token, SD 2.x with ``!``.
+    Args:
+        words: the words it must know (lower-cased; a word listed twice counts twice in the merge counts).
+        out_dir: where the tokenizer is saved (transformers layout), created if needed.
+        num_merges: the most BPE merges learnt (fewer once every word is one symbol).
+        max_length: ``model_max_length``: prompts are padded to it.
+        pad_token: SD 1.x pads with the end token, SD 2.x with ``!``.
     """
     from transformers import CLIPTokenizer
 

@@ -71,11 +71,14 @@ NAMES = {"monai-ldm": "toy", "diffusers": "toy-sd"}
 
 
 def phantom_batch(first_seed: int, count: int) -> tuple[torch.Tensor, list[Any]]:
+    """Phantoms ``first_seed .. first_seed + count - 1`` as a (count, 1, 64, 64) tensor, and the phantoms."""
     phantoms = [generate_phantom(s) for s in range(first_seed, first_seed + count)]
     return torch.from_numpy(np.stack([p.image for p in phantoms]))[:, None], phantoms
 
 
 def text_parts(tokenizer_dir: Path, seed: int) -> tuple[Any, torch.nn.Module]:
+    """The toys' tokenizer (BPE over the phantom vocabulary, saved in ``tokenizer_dir``) and a fresh CLIP text model
+    without transformer layers (``TEXT_LAYERS``); ``seed`` seeds torch first."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -91,7 +94,15 @@ def text_parts(tokenizer_dir: Path, seed: int) -> tuple[Any, torch.nn.Module]:
 
 def build_toy(family: str, tokenizer_dir: Path, seed: int, autoencoder: torch.nn.Module | None = None,
               latent_scale: float = 1.0) -> Backbone:
-    """A fresh (untrained) toy of ``family`` behind the seam; also the ``untrained`` baseline's architecture."""
+    """A fresh (untrained) toy of ``family`` behind the seam; also the ``untrained`` baseline's architecture.
+
+    Args:
+        family: ``monai-ldm`` (``toy``) or ``diffusers`` (``toy-sd``); another is a ConfigError.
+        tokenizer_dir: where the tokenizer is written.
+        seed: seeds the initial weights (text encoder, then UNet).
+        autoencoder: ``diffusers`` only: a trained ``AutoencoderKL`` (``train_autoencoder``); None: a fresh one.
+        latent_scale: ``diffusers`` only: that autoencoder's latent scale.
+    """
     tokenizer, text_encoder = text_parts(tokenizer_dir, seed)
     if family == "monai-ldm":
         from medground.backbones.components import PixelUnshuffleAutoencoder
@@ -113,7 +124,13 @@ def build_toy(family: str, tokenizer_dir: Path, seed: int, autoencoder: torch.nn
 
 
 def save_toy(backbone: Backbone, out_dir: Path, extra: dict[str, Any]) -> Path:
-    """A complete model directory of the toy (the format ``load_model`` reads)."""
+    """A complete model directory of the toy (the format ``load_model`` reads).
+
+    Args:
+        backbone: the toy (``build_toy``, or a checkpoint being trained further).
+        out_dir: the checkpoint folder.
+        extra: more description entries, e.g. ``training``: how it was trained.
+    """
     spec = {"name": backbone.name, "noise_schedule": backbone.noise_schedule.to_dict(),
             "latent_scale": backbone.latent_scale, "image_size": SIZE, **extra}
     networks = backbone.networks()
@@ -135,7 +152,16 @@ def save_toy(backbone: Backbone, out_dir: Path, extra: dict[str, Any]) -> Path:
 def train_autoencoder(out_dir: Path, steps: int, batch_size: int, seed: int, lr: float = 1e-3,
                       kl_weight: float = 1e-6) -> tuple[torch.nn.Module, float]:
     """The toy-sd autoencoder: reconstruction (L1 + MSE) with a small KL term, as SD's VAE objective without its
-    perceptual and adversarial parts; returns it and its latent scale (1 / std of the posterior means)."""
+    perceptual and adversarial parts; returns it and its latent scale (1 / std of the posterior means).
+
+    Args:
+        out_dir: where ``autoencoder_log.jsonl`` is appended.
+        steps: optimiser steps.
+        batch_size: phantoms per step, from seed 10,000,000 up (never the UNet's seeds).
+        seed: seeds the initial weights and the posterior samples.
+        lr: AdamW learning rate.
+        kl_weight: weight of the KL term.
+    """
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -175,10 +201,24 @@ def _log_step(log: Any, step: int, loss: torch.Tensor, started: float, part: str
 def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr: float, caption_dropout: float,
           checkpoint_every: int, autoencoder_steps: int = 1500, init_from: Path | None = None,
           prediction_type: str | None = None) -> None:
-    """``init_from``: continue from a checkpoint's weights (a fresh optimiser and learning-rate schedule, training
-    phantoms after the checkpoint's), e.g. after an interrupted run; its autoencoder is kept as it is.
-    ``prediction_type``: train the UNet to predict ``epsilon`` or ``v_prediction`` instead of the family's default
-    (or the checkpoint's); a continued run may switch, as SD 2's v-models were fine-tuned from epsilon ones."""
+    """Train a toy on phantoms: a log line per step, a complete model directory every ``checkpoint_every`` steps.
+
+    Args:
+        out_dir: the run folder (``train_log.jsonl``, ``checkpoints/step_NNNNN``), created if needed.
+        family: ``monai-ldm`` or ``diffusers``; with ``init_from`` the checkpoint's family is trained.
+        steps: optimiser steps (learning rate: 100 warm-up steps, then a cosine down to a tenth).
+        batch_size: phantoms per step, each step the next training seeds.
+        seed: seeds the initial weights, the timesteps and noise, and the caption dropout.
+        lr: the peak AdamW learning rate.
+        caption_dropout: probability that a caption is replaced by the empty prompt, so the unconditional branch is
+            learnt.
+        checkpoint_every: steps between checkpoints; the last step is always saved.
+        autoencoder_steps: ``diffusers``: steps of the autoencoder's training, which runs first.
+        init_from: continue from a checkpoint's weights (a fresh optimiser and learning-rate schedule, training
+            phantoms after the checkpoint's), e.g. after an interrupted run; its autoencoder is kept as it is.
+        prediction_type: train the UNet to predict ``epsilon`` or ``v_prediction`` instead of the family's default
+            (or the checkpoint's); a continued run may switch, as SD 2's v-models were fine-tuned from epsilon ones.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     first_seed = TRAIN_SEED_OFFSET
     if init_from is not None:
@@ -248,6 +288,7 @@ def train(out_dir: Path, family: str, steps: int, batch_size: int, seed: int, lr
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line of ``python -m medground.toy.train`` (``--help`` lists the flags)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the logs and checkpoints")
     parser.add_argument("--family", choices=sorted(NAMES), default="monai-ldm")
