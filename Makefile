@@ -13,14 +13,14 @@ BASELINE_STAMP := $(BASELINE_VENV)/.installed
 BASELINE_TORCH ?= torch==2.14.1 torchvision==0.29.1
 CHROMEDRIVER ?= /usr/bin/chromedriver
 
-.PHONY: demo test test-core test-baselines lint clean
+.PHONY: demo test test-core test-baselines lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build first: with torch already satisfied, the project install pulls no CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,app,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,app,ray,docs]"
 	touch $(STAMP)
 
 # The browser tests (tests/test_browser.py) drive Debian's Chromium through its chromedriver; apt needs root.
@@ -37,7 +37,11 @@ $(BASELINE_STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/medground demo --out demo-out
 
-test: test-core test-baselines
+test: test-core test-baselines docs
+
+# The documentation site, warnings (broken links included) as errors.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 test-core: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/ruff check src tests benchmarks
@@ -50,4 +54,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(BASELINE_VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(BASELINE_VENV) demo-out site dist .pytest_cache
