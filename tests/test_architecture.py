@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "medground"
 MAX_LINES = 400
 
 LAYERS: dict[str, int] = {
-    "errors": 0, "text_input": 0,
+    "errors": 0, "text_input": 0, "extras": 0,
     "config": 1, "results": 1,
     "images": 2, "geometry": 2, "text": 2, "metrics": 2, "readout": 2,
     "viz": 3, "outputs": 3,
@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "cluster": 8, "datasets": 8, "reports": 8,
     "methods": 9,
     "evaluate": 10, "batch": 10,
-    "app": 11, "toy": 11,
+    "app": 11, "toy": 11, "doctor": 11,
     "cli": 12,
     "": 0,  # the package's own __init__: the public names, imported by name on first use (no import statement)
 }

@@ -13,7 +13,7 @@ from medground import __version__
 from medground.cli import build_parser, main
 
 SUBCOMMANDS = ["ground", "report", "serve", "eval", "sweep", "compare", "batch", "models", "convert-monai-ldm",
-               "import-diffusers", "demo", "toy", "toy eval"]
+               "import-diffusers", "demo", "toy", "toy eval", "doctor"]
 SHORT_GRID = ["--set", "inference_steps=40", "--set", "window_start=4", "--set", "window_stop=16"]
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medground.errors import ConfigError, MedgroundError
+from medground.extras import extra_missing
 
 ENGINES = ("local", "ray")
 MAX_BLOCKS = 10_000
@@ -118,7 +119,7 @@ def _import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise ConfigError("--engine ray needs Ray Data: pip install 'medground[ray]'") from None
+        raise extra_missing("ray", "--engine ray") from None
     return ray
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -10,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 from medground.app.limits import MAX_UPLOAD_MB
-from medground.errors import ExtraNotInstalledError, ServeError
+from medground.errors import ServeError
+from medground.extras import EXTRAS, extra_missing
 from medground.grounder import Grounder
 
 QUEUE_SIZE = 64
@@ -19,9 +19,8 @@ QUEUE_SIZE = 64
 
 def check_can_serve(host: str, port: int) -> None:
     """Fail before the model loads when the app's dependencies are missing or the address cannot be listened on."""
-    missing = [name for name in ("gradio", "medspacy") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ExtraNotInstalledError(f"the web app needs {' and '.join(missing)}: pip install 'medground[app]'")
+    if EXTRAS["app"].missing():
+        raise extra_missing("app", "the web app")
     if not 0 < port < 65536:
         raise ServeError(f"--port must be between 1 and 65535, got {port}")
     with socket.socket() as probe:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medground.cli import batch, common, evaluate, ground, models, serve, toy
+from medground.cli import batch, common, doctor, evaluate, ground, models, serve, toy
 from medground.errors import MedgroundError
 
-GROUPS = (ground, serve, evaluate, batch, models, toy)
+GROUPS = (ground, serve, evaluate, batch, models, toy, doctor)
 """Command groups in the order ``--help`` lists them."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from medground.backbones.model_dir import parse_source
 from medground.datasets.base import Sample
 from medground.errors import ImageError, ModelLoadError, PhraseError, WeightsNotFoundError
+from medground.extras import extra_missing
 from medground.images import check_image_file
 
 RESIZE = 512
@@ -62,9 +63,7 @@ def _require_himl() -> None:
     try:
         import health_multimodal.image  # noqa: F401  (imports torchvision)
     except ImportError as exc:
-        raise ModelLoadError(
-            f"the BioViL baselines need hi-ml-multimodal and torchvision: pip install 'medground[baselines]' ({exc})"
-        ) from exc
+        raise extra_missing("baselines", "the BioViL baselines", exc) from exc
     except (RuntimeError, OSError) as exc:  # a torchvision built for another torch fails while registering its ops
         import torch
 

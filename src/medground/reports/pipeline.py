@@ -13,7 +13,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from medground.errors import ExtraNotInstalledError
+from medground.extras import extra_missing
 from medground.reports.normalise import word_set
 
 FINDING_HEADS: dict[str, tuple[str, ...]] = {
@@ -176,8 +176,7 @@ def report_pipeline():
         from medspacy.context import ConTextRule
         from spacy.language import Language
     except ImportError as exc:
-        raise ExtraNotInstalledError(f"reading reports needs medspaCy: pip install 'medground[reports]' ({exc})") \
-            from exc
+        raise extra_missing("reports", "reading reports", exc) from exc
     logger.disable("PyRuSH")  # PyRuSH logs every sentence boundary at DEBUG level
     nlp = medspacy.load(medspacy_enable=["medspacy_tokenizer", "medspacy_pyrush", "medspacy_target_matcher"])
     nlp.max_length = 10**9  # spaCy's 1,000,000 guards the memory of parsers this pipeline lacks; read_mentions's
