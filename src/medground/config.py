@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medground.errors import ConfigError
+from medground.text_input import MAX_JSON_DEPTH, json_depth
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 """Numerics of a grounding run; only ``fp32`` reproduces the reference to the digit (see ``Grounder``)."""
@@ -358,6 +359,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key = key.strip()
+    if json_depth(raw) > MAX_JSON_DEPTH:  # before json.loads, whose recursion the nesting would exhaust
+        raise ConfigError(f"--set {key}: the value is nested deeper than the limit of {MAX_JSON_DEPTH} levels")
     try:
         value: Any = json.loads(raw)
     except json.JSONDecodeError:

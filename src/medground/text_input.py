@@ -2,9 +2,11 @@
 
 Everything goes through ``open_text`` (a file, streamed) or ``read_text`` (a file or standard input, whole), so a
 byte-order mark is accepted everywhere, anything that is not UTF-8 is one error naming the source and the byte offset
-of the first bad byte, and a size limit is named when it is hit. ``loads_json`` refuses nesting deeper than a named
-limit before the parser could exhaust the stack, and ``clean_text`` makes invisible characters visible to no one:
-control and zero-width characters go, non-breaking spaces become spaces.
+of the first bad byte, and a size limit is named when it is hit. A pipe named as a file (a FIFO, ``<(command)``)
+is read once something writes to it, and refused after ``PIPE_WAIT_SECONDS`` of silence rather than waited on.
+``loads_json`` refuses nesting deeper than a named limit before the parser could exhaust the stack, and
+``clean_text`` makes invisible characters visible to no one: control and zero-width characters go, non-breaking
+spaces become spaces.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 import json
 import os
 import re
+import selectors
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,19 +95,46 @@ def read_text(source: str | Path, what: str, error: type[MedgroundError], max_by
         except (OSError, ValueError, UnicodeError) as exc:
             raise error(f"cannot read the {what} from standard input: {exc}") from None
     else:
-        path = Path(source)
-        if not path.exists():
-            raise error(f"{what} file not found: {path}")
-        if path.is_dir():
-            raise error(f"{path} is a folder, not a {what} file")
-        try:
-            with path.open("rb") as handle:  # also FIFOs and /dev/stdin: not only regular files
-                data = handle.read(max_bytes + 1)
-        except OSError as exc:
-            raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        data = _read_file(Path(source), what, error, max_bytes)
     if len(data) > max_bytes:
         raise error(f"the {what} ({name}) is over the limit of {max_bytes:,} bytes{limit_hint}")
     return decode(data, name, error)
+
+
+PIPE_WAIT_SECONDS = 10.0
+"""How long a pipe named as a file may stay silent before it is refused: one that nothing writes to would otherwise
+be waited on forever."""
+
+
+def _read_file(path: Path, what: str, error: type[MedgroundError], max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of a file, a device or a pipe (``/dev/stdin``, ``<(command)``, a FIFO)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{what} file not found: {path}") from None
+    except OSError as exc:  # a name too long, a loop of links, no permission on a parent folder
+        raise error(f"cannot open {what} {str(path)[:200]}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{path} is a folder, not a {what} file")
+    try:
+        if stat.S_ISFIFO(mode):
+            return _read_pipe(path, what, error, max_bytes)
+        with path.open("rb") as handle:  # also character devices: not only regular files
+            return handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def _read_pipe(path: Path, what: str, error: type[MedgroundError], max_bytes: int) -> bytes:
+    """A pipe's bytes once something writes to it; opened without blocking (a plain open waits for a writer)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as handle, selectors.DefaultSelector() as selector:
+        selector.register(descriptor, selectors.EVENT_READ)
+        if not selector.select(PIPE_WAIT_SECONDS):
+            raise error(f"{path} is a pipe (FIFO) and nothing was written to it within {PIPE_WAIT_SECONDS:g} s; "
+                        f"save the {what} to a file, or pass - to read standard input")
+        os.set_blocking(descriptor, True)
+        return handle.read(max_bytes + 1)
 
 
 @contextlib.contextmanager

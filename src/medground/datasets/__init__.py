@@ -63,6 +63,12 @@ def load_dataset(name: str, root: Path | None = None, csv: Path | None = None, s
                               f"{name} use --limit")
         if root is None:
             raise ConfigError(f"--dataset {name} needs --root")
+        for what, given in (("dataset root", root), ("dataset CSV", csv)):
+            try:
+                if given is not None:
+                    Path(given).exists()
+            except OSError as exc:  # a name too long for the file system (Python < 3.12 raises)
+                raise DatasetError(f"cannot open {what} {str(given)[:200]}: {exc.strerror or exc}") from None
         if not Path(root).is_dir():
             raise DatasetError(f"dataset root not found: {root}")
         load = reader(name)(Path(root), csv)

@@ -173,8 +173,8 @@ def phantom_vocabulary() -> list[str]:
 
 
 def read_phantoms(seed: int = 0, n: int = 40) -> DatasetLoad:
-    """Phantoms ``seed .. seed + n - 1`` as a dataset, one sample per finding; a seed below 0 or an ``n`` below 1 is
-    a DatasetError."""
+    """Phantoms ``seed .. seed + n - 1`` as a dataset, one sample per finding; a seed below 0, an ``n`` below 1, or
+    phantoms without a single finding (nothing to evaluate) is a DatasetError."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DatasetError(f"phantom seed must be a non-negative integer, got {seed!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -187,4 +187,7 @@ def read_phantoms(seed: int = 0, n: int = 40) -> DatasetLoad:
             group.boxes.append(finding.box)
             group.rows.append(f"phantom {phantom.seed} finding {number}")
             groups.append(group)
+    if not groups:
+        raise DatasetError(f"phantoms {seed}..{seed + n - 1} have no finding, so there is no sample to evaluate; take "
+                           "more phantoms (a larger --n)")
     return assemble("phantoms", groups, lambda _group: (SIZE, SIZE))

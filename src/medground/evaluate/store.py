@@ -79,8 +79,12 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
 def read_run(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``run.json`` and the records of an existing run folder; RunDirError if it is not one."""
     folder = Path(folder)
-    run_file = refuse_link(folder / RUN_FILE)
-    if not run_file.is_file():
+    try:
+        found = refuse_link(folder / RUN_FILE).is_file()
+    except OSError as exc:  # a name too long for the file system (Python < 3.12 raises)
+        raise RunDirError(f"cannot open run folder {str(folder)[:200]}: {exc.strerror or exc}") from None
+    run_file = folder / RUN_FILE
+    if not found:
         raise RunDirError(f"{folder} is not an evaluation run folder: no {RUN_FILE}")
     settings = read_json_settings(run_file, "an evaluation run")
     if "method" not in settings:

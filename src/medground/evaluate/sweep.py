@@ -139,12 +139,16 @@ def sweep_table(rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, Any]
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     """``key=v1,v2`` or ``key=[json, list]`` per item -> {key: values}."""
     from medground.config import parse_assignment
+    from medground.text_input import MAX_JSON_DEPTH, json_depth
 
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or not raw:
             raise ConfigError(f"--grid expects key=value1,value2, got {item!r}")
+        if json_depth(raw) > MAX_JSON_DEPTH:  # before json.loads, whose recursion the nesting would exhaust
+            raise ConfigError(f"--grid {key.strip()}: the values are nested deeper than the limit of {MAX_JSON_DEPTH} "
+                              "levels")
         try:
             values = json.loads(raw)
             values = values if isinstance(values, list) and not key.endswith(("layers", "weights")) else None
