@@ -25,7 +25,7 @@ def draw_overlay(ax, image: np.ndarray, heatmap: np.ndarray, title: str,
     """Image in gray, the heatmap in colour where it is > 0, truth boxes green, predicted boxes red.
 
     Args:
-        ax: the matplotlib axes to draw on.
+        ax (matplotlib.axes.Axes): the matplotlib axes to draw on.
         image: (H, W) pixels in [0, 1].
         heatmap: (H, W) map on the same pixels, in [0, 1]; NaN (outside the crop) is not coloured.
         title: the panel's title.
@@ -128,7 +128,7 @@ def draw_findings(ax, picture: FindingsPicture, heatmap: bool = True, mask: bool
     as an outline, boxes numbered; a legend below names them with their status.
 
     Args:
-        ax: the matplotlib axes to draw on.
+        ax (matplotlib.axes.Axes): the matplotlib axes to draw on.
         picture: what to draw (``findings_picture``).
         heatmap: draw each finding's heatmap tint.
         mask: draw each finding's mask outline.
