@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ STOP_WORDS = frozenset((
 """Function words that say nothing about where a finding is (``token_rule="content_words"``)."""
 
 
-def phrase_tokens(tokenizer, phrase: str, rule: str = "between_special") -> PhraseTokens:
+def phrase_tokens(tokenizer: Any, phrase: str, rule: str = "between_special") -> PhraseTokens:
     """Tokenise ``phrase`` as the official code does and keep the positions that ``rule`` selects.
 
     Args:
@@ -94,7 +95,7 @@ def unique_phrases(phrases: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(phrases))
 
 
-def content_word_positions(tokenizer, phrase: str, positions: tuple[int, ...]) -> tuple[int, ...]:
+def content_word_positions(tokenizer: Any, phrase: str, positions: tuple[int, ...]) -> tuple[int, ...]:
     """Positions of tokens inside words that are not stop words (by the tokenizer's character offsets); empty when
     the phrase has none, and the caller then keeps every token.
 
