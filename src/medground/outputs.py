@@ -13,6 +13,7 @@ Guarantees, for every command:
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -119,7 +120,7 @@ def write_atomic(path: Path, data: bytes) -> Path:
     """Replace ``path`` in one step: a crash leaves the old file or the new one, a full disk leaves neither a partial
     file nor the temporary one."""
     output_path(path.parent, path.name)
-    temporary = path.with_name(f".{path.name[:MAX_NAME_BYTES - 30]}.tmp-{os.getpid()}")
+    temporary = path.with_name(f"{_atomic_prefix(path)}{os.getpid()}")
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
@@ -131,6 +132,18 @@ def write_atomic(path: Path, data: bytes) -> Path:
         raise RunDirError(f"cannot write {path.name} in {path.parent}: {exc.strerror or exc} "
                           f"({free_space(path.parent)})") from None
     return path
+
+
+def remove_atomic_leftovers(path: Path) -> None:
+    """Delete the temporary files of ``write_atomic(path, ...)`` calls killed before their rename (a kill leaves
+    them: no ``finally`` runs). Only for the holder of the folder's ``exclusive_lock``: no live writer uses them."""
+    for leftover in path.parent.glob(f"{glob.escape(_atomic_prefix(path))}*"):
+        leftover.unlink(missing_ok=True)
+
+
+def _atomic_prefix(path: Path) -> str:
+    """The name of ``write_atomic``'s temporary file for ``path``, but for the writer's process id."""
+    return f".{path.name[:MAX_NAME_BYTES - 30]}.tmp-"
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

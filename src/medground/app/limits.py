@@ -16,3 +16,10 @@ STATE_SECONDS = 3600
 """A visitor's drawing (display-size) is dropped after this long without a query."""
 UPLOAD_CACHE = (600, 3600)
 """Gradio's upload cache: every 10 minutes, uploads older than an hour are deleted."""
+STRAY_FILES = (5, 120)
+"""Every 5 seconds, files lying directly in the server's temporary folder that nothing wrote to for 2 minutes are
+deleted: Gradio keeps uploads and served files in sub-folders, and leaves there only partial uploads whose client
+went away and the empty file its File component makes on every query (both otherwise kept until the server stops)."""
+STOP_WAIT_S = 30
+"""On Ctrl-C or SIGTERM the running query gets this long to finish (its results are deleted with the rest); past it
+the server stops without it."""

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medground.app.limits import STATE_SECONDS, UPLOAD_CACHE
 from medground.app.session import LAYERS, MODES, Answer, Session, boxes_table, status_html
+from medground.errors import ImageError
 from medground.viz import FindingsPicture, render_findings
 
 CSS = """
@@ -34,6 +38,50 @@ Outputs = tuple[str, Any, str, Any, Any]
 """status, overlay, boxes table, downloads, this visitor's last drawing (display size)."""
 
 log = logging.getLogger(__name__)
+URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
+"""What Gradio would fetch from the network instead of reading a file of its own (``http://``, ``https://``)."""
+
+
+def uploads_only(upload: gr.File) -> gr.File:
+    """``upload`` refusing a URL in place of an uploaded file (which the API accepts, and Gradio would fetch from the
+    network), so no visitor makes the server reach out. (A subclass would do, but Gradio writes a ``.pyi`` stub next
+    to the module of every component class it sees defined.)"""
+    move, move_async = upload.move_resource_to_block_cache, upload.async_move_resource_to_block_cache
+
+    def move_upload(url_or_file_path: Any) -> str | None:
+        _refuse_url(url_or_file_path)
+        return move(url_or_file_path)
+
+    async def move_upload_async(url_or_file_path: Any) -> str | None:
+        _refuse_url(url_or_file_path)
+        return await move_async(url_or_file_path)
+
+    upload.move_resource_to_block_cache = move_upload  # type: ignore[method-assign]
+    upload.async_move_resource_to_block_cache = move_upload_async  # type: ignore[method-assign]
+    return upload
+
+
+class LocalFilesOnly:
+    """ASGI middleware: Gradio's file route (``/gradio_api/file=...``) serves files of this server only; given a URL
+    it would fetch it from the network and pass it on, which this server never does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = re.search(r"/file[=/](.*)", scope["path"], re.DOTALL)
+            if route and URL.match(route.group(1).lstrip()):
+                refusal = PlainTextResponse("this server serves its own files only; it fetches nothing from the "
+                                            "network", status_code=403)
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _refuse_url(url_or_file_path: Any) -> None:
+    if url_or_file_path is not None and URL.match(str(url_or_file_path).lstrip()):
+        raise ImageError("this server reads uploaded files only; it fetches nothing from the network")
 
 
 def build_page(session: Session) -> gr.Blocks:
@@ -43,8 +91,8 @@ def build_page(session: Session) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2):
-                upload = gr.File(label="Radiograph: PNG, JPEG or DICOM (drag and drop)", type="filepath",
-                                 elem_id="upload")
+                upload = uploads_only(gr.File(label="Radiograph: PNG, JPEG or DICOM (drag and drop)",
+                                              type="filepath", elem_id="upload"))
                 mode = gr.Radio(list(MODES), value=MODES[0], label="Ground", elem_id="mode")
                 text = gr.Textbox(label="Phrases, one per line", lines=6, placeholder=PLACEHOLDER[MODES[0]],
                                   elem_id="text")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import shutil
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -74,6 +75,19 @@ class Session:
         self.max_pixels = max_pixels
         self._folders: OrderedDict[str, Path] = OrderedDict()
         """Each visitor's results folder, least recently used first."""
+        self._running = threading.Lock()
+        """Held by the query being answered (``stop`` waits for it)."""
+        self._stopping = False
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def stop(self, timeout: float) -> bool:
+        """Refuse queries from now on (the server is stopping and its folder is about to be deleted) and wait up to
+        ``timeout`` seconds for the running one; False if it is still running."""
+        self._stopping = True
+        if not self._running.acquire(timeout=timeout):
+            return False
+        self._running.release()
+        return True
 
     def forget(self, visitor: str) -> None:
         """Delete a visitor's results (they left, or others pushed them out)."""
@@ -88,7 +102,8 @@ class Session:
         while len(self._folders) >= self.max_visitors:
             self.forget(next(iter(self._folders)))
         folder = self.workdir / "results" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
+        folder.parent.mkdir(exist_ok=True)  # not the server's folder itself: once deleted, it stays deleted
+        folder.mkdir()
         self._folders[visitor] = folder
         return folder
 
@@ -126,10 +141,13 @@ class Session:
         Returns:
             The Answer to show; a MedgroundError becomes an Answer with ``error`` set, never an exception.
         """
-        try:
-            return self._answer(upload, mode, text or "", progress, visitor)
-        except MedgroundError as exc:
-            return Answer(_without_folder(str(exc), upload), error=True)
+        with self._running:
+            if self._stopping:
+                return Answer("the server is stopping: the query was not run", error=True)
+            try:
+                return self._answer(upload, mode, text or "", progress, visitor)
+            except MedgroundError as exc:
+                return Answer(_without_folder(str(exc), upload), error=True)
 
     def _answer(self, upload: str | None, mode: str, text: str, progress: Progress, visitor: str | None) -> Answer:
         if not upload:

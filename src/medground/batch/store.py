@@ -5,8 +5,9 @@ Guarantees (the same as ``evaluate.store`` gives evaluation runs):
 - a part holds whole units and is written under a temporary name, fsynced, then renamed: a part is complete or
   absent. A kill loses only the units not yet in a part, and a resume recomputes exactly those, so no row is lost
   and none is written twice;
-- only the writer removes the temporary files a kill left; a part that is not readable Parquet, or a unit found in
-  two parts, is an error naming the files (medground never deletes rows it cannot read).
+- only the writer removes the temporary files a kill left (of parts and of ``run.json``); a part that is not
+  readable Parquet, or a unit found in two parts, is an error naming the files (medground never deletes rows it
+  cannot read).
 
 Read the result with ``pyarrow.parquet.read_table(OUT / "parts")`` or ``pandas.read_parquet(OUT / "parts")``.
 """
@@ -29,6 +30,7 @@ from medground.outputs import (
     json_bytes,
     read_json_settings,
     refuse_link,
+    remove_atomic_leftovers,
     write_atomic,
 )
 
@@ -125,6 +127,7 @@ class BatchWriter:
         parts.mkdir(exist_ok=True)
         for leftover in parts.glob(".part-*.tmp"):  # a kill during a write; its rows were never committed
             leftover.unlink()
+        remove_atomic_leftovers(run_file)  # a kill while run.json was written
         self.done = read_done_units(parts)
         record = {**settings, SESSIONS_KEY: [*sessions, {**session, "rows_before": sum(self.done.values())}]}
         write_atomic(run_file, json_bytes(record))
