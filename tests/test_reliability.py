@@ -712,3 +712,20 @@ def test_a_repeated_grid_value_is_refused_before_any_computation(tmp_path, capsy
     assert one_error_line(code, err) == \
         "--grid threshold lists 'otsu' more than once; each value is one combination"
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_run_killed_while_writing_leaves_no_temporary_file_after_its_resume(tmp_path):
+    """A SIGKILL between ``write_atomic``'s write and rename leaves ``.NAME.tmp-PID``; the next holder of the lock
+    removes it (the evaluation store here; tests/test_batch_kills.py kills a real batch)."""
+    from medground.evaluate.store import RunWriter
+
+    record = {"method": "centre", "dataset": "phantoms"}
+    with RunWriter(tmp_path).open(record, resume=False) as writer:
+        writer.save_preview("a", np.zeros((4, 4), np.float32))
+    (tmp_path / ".run.json.tmp-4242").write_bytes(b'{"meth')
+    (tmp_path / "previews" / ".b.npy.tmp-4242").write_bytes(b"\x93NUMPY")
+    (tmp_path / "previews" / "keep.tmp-notapid").write_bytes(b"mine")
+    with RunWriter(tmp_path).open(record, resume=True):
+        pass
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and ".tmp-" in p.name) == ["keep.tmp-notapid"]
+    assert json.loads((tmp_path / "run.json").read_text()) == record

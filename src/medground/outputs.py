@@ -13,7 +13,6 @@ Guarantees, for every command:
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import io
 import json
@@ -134,11 +133,13 @@ def write_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def remove_atomic_leftovers(path: Path) -> None:
-    """Delete the temporary files of ``write_atomic(path, ...)`` calls killed before their rename (a kill leaves
-    them: no ``finally`` runs). Only for the holder of the folder's ``exclusive_lock``: no live writer uses them."""
-    for leftover in path.parent.glob(f"{glob.escape(_atomic_prefix(path))}*"):
-        leftover.unlink(missing_ok=True)
+def remove_atomic_leftovers(folder: Path) -> None:
+    """Delete the temporary files of ``write_atomic`` calls into ``folder`` that were killed before their rename (a
+    kill leaves them: no ``finally`` runs). Only for the holder of the folder's ``exclusive_lock``: no live writer
+    uses them."""
+    for leftover in Path(folder).glob(".*.tmp-*"):
+        if leftover.name.rpartition(".tmp-")[2].isdigit() and leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
 
 
 def _atomic_prefix(path: Path) -> str:

@@ -127,7 +127,7 @@ class BatchWriter:
         parts.mkdir(exist_ok=True)
         for leftover in parts.glob(".part-*.tmp"):  # a kill during a write; its rows were never committed
             leftover.unlink()
-        remove_atomic_leftovers(run_file)  # a kill while run.json was written
+        remove_atomic_leftovers(self.folder)  # a kill while run.json was written
         self.done = read_done_units(parts)
         record = {**settings, SESSIONS_KEY: [*sessions, {**session, "rows_before": sum(self.done.values())}]}
         write_atomic(run_file, json_bytes(record))

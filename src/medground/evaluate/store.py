@@ -30,6 +30,7 @@ from medground.outputs import (
     npy_bytes,
     read_json_settings,
     refuse_link,
+    remove_atomic_leftovers,
     write_atomic,
 )
 
@@ -119,6 +120,8 @@ class RunWriter:
             yield self
 
     def _start(self, run_record: dict[str, Any], resume: bool) -> None:
+        for folder in (self.folder, self.folder / "previews"):  # a kill while run.json or a preview was written
+            remove_atomic_leftovers(folder)
         run_file = refuse_link(self.folder / RUN_FILE)
         samples = refuse_link(self.folder / SAMPLES_FILE)
         if run_file.is_file():
