@@ -642,6 +642,27 @@ def test_app_keeps_a_display_size_picture_and_removes_visitors_files(toy_model, 
     assert list((tmp_path / "work" / "results").iterdir()) == [third.files[0].parent]  # c's folder alone
 
 
+
+def test_app_query_leaves_no_matplotlib_figure_for_a_later_collection(toy_model, image, tmp_path):
+    """Closed figures live on in reference cycles until a full collection; each answer collects them (docs/memory.md
+    measured ~185 MB per 10-phrase query on a large image otherwise). Automatic collection is off here, so only the
+    answer's own collection can free them."""
+    import gc
+
+    from matplotlib.figure import Figure
+
+    session = Session(Grounder(toy_model, overrides=TINY_SETTINGS), tmp_path / "work",
+                      {"model": "toy", "preset": "paper"})
+    gc.collect()
+    gc.disable()
+    try:
+        answer = session.answer(str(image), "Report", REPORT, visitor="a")
+        alive = [o for o in gc.get_objects() if isinstance(o, Figure)]
+    finally:
+        gc.enable()
+    assert not answer.error and answer.picture is not None
+    assert alive == []
+
 # --- 19. ground_many keeps one full result at a time ---------------------------------------------------------------
 def test_ground_many_with_reduce_keeps_no_full_result_alive(toy_model, image):
     grounder = Grounder(toy_model, overrides=TINY_SETTINGS)

@@ -7,6 +7,7 @@ visitor (``viz.FindingsPicture``), never full-size maps.
 
 from __future__ import annotations
 
+import gc
 import html
 import shutil
 import threading
@@ -148,6 +149,8 @@ class Session:
                 return self._answer(upload, mode, text or "", progress, visitor)
             except MedgroundError as exc:
                 return Answer(_without_folder(str(exc), upload), error=True)
+            finally:  # matplotlib's closed figures live on in reference cycles (~185 MB for 10 phrases on a large
+                gc.collect()  # image) until a full collection, which would otherwise come rarely: docs/memory.md
 
     def _answer(self, upload: str | None, mode: str, text: str, progress: Progress, visitor: str | None) -> Answer:
         if not upload:
