@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medground.errors import ImageError
+from medground.text_input import file_mode
 
 MIN_IMAGE_SIDE = 32
 """Smaller images carry no usable anatomy once resized to the model's input."""
@@ -118,12 +119,7 @@ def _oriented_size(opened: Image.Image) -> tuple[int, int]:
 
 def _check_regular_file(path: Path) -> None:
     """Missing, a folder, a device or a pipe: each said as it is (a pipe cannot be read twice, header then pixels)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise ImageError(f"image file not found: {path}") from None
-    except OSError as exc:  # a name too long, a loop of links, no permission on a parent folder
-        raise ImageError(f"cannot open image {str(path)[:200]}: {exc.strerror or exc}") from None
+    mode = file_mode(path, "image", ImageError)
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
         raise ImageError(f"{path} is {kind}, not an image file; save the image to a file first")

@@ -106,14 +106,25 @@ PIPE_WAIT_SECONDS = 10.0
 be waited on forever."""
 
 
-def _read_file(path: Path, what: str, error: type[MedgroundError], max_bytes: int) -> bytes:
-    """At most ``max_bytes + 1`` bytes of a file, a device or a pipe (``/dev/stdin``, ``<(command)``, a FIFO)."""
+def file_mode(path: Path, what: str, error: type[MedgroundError]) -> int:
+    """``path``'s ``st_mode`` (links followed); a missing or unreachable file is ``error``, said as it is.
+
+    Args:
+        path: the file a user named.
+        what: what it should hold, for the message ("report", "image").
+        error: the MedgroundError class to raise.
+    """
     try:
-        mode = path.stat().st_mode
+        return path.stat().st_mode
     except FileNotFoundError:
         raise error(f"{what} file not found: {path}") from None
     except OSError as exc:  # a name too long, a loop of links, no permission on a parent folder
         raise error(f"cannot open {what} {str(path)[:200]}: {exc.strerror or exc}") from None
+
+
+def _read_file(path: Path, what: str, error: type[MedgroundError], max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of a file, a device or a pipe (``/dev/stdin``, ``<(command)``, a FIFO)."""
+    mode = file_mode(path, what, error)
     if stat.S_ISDIR(mode):
         raise error(f"{path} is a folder, not a {what} file")
     try:
