@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from medground.app.limits import MAX_UPLOAD_MB, STOP_WAIT_S, STRAY_FILES
 from medground.errors import ServeError
@@ -40,9 +40,9 @@ def check_can_serve(host: str, port: int) -> None:
 
 
 def serve(grounder: Grounder, settings: dict[str, str], host: str = "127.0.0.1", port: int = 7860,
-          share: bool = False, max_upload_mb: int = MAX_UPLOAD_MB) -> None:
-    """Serve until interrupted (Ctrl-C or SIGTERM); the temporary folder with the uploads is deleted on the way out,
-    once the running query is over (it is given ``STOP_WAIT_S``).
+          share: bool = False, max_upload_mb: int = MAX_UPLOAD_MB) -> NoReturn:
+    """Serve until interrupted (Ctrl-C or SIGTERM), then end the process: the temporary folder with the uploads is
+    deleted on the way out, once the running query is over (it is given ``STOP_WAIT_S``).
 
     Concurrent queries are queued and run one at a time on the shared ``grounder`` (its trajectory cache is not
     thread-safe, and one inversion already uses the machine).
@@ -66,11 +66,13 @@ def serve(grounder: Grounder, settings: dict[str, str], host: str = "127.0.0.1",
     finally:
         _delete(workdir)
     if not finished:
-        # The query's thread may still be inside the model, whose native threads would abort the interpreter's
-        # exit: leave at once (the temporary folder is deleted, and the query cannot re-create it).
         print("medground: stopped without waiting any longer for the running query", flush=True)
-        sys.stderr.flush()
-        os._exit(0)
+    # Leave at once, with the folder deleted: the interpreter's own exit would tear down Gradio's threads and torch's
+    # native ones while some may still be alive (a query's thread at the deadline; under load, even after a query
+    # ended, torch's pool aborted the exit with "terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _serve_in(workdir: Path, grounder: Grounder, settings: dict[str, str], host: str, port: int, share: bool,

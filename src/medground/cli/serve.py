@@ -35,5 +35,4 @@ def run_serve(args: argparse.Namespace) -> int:
     model = model_of(args)
     grounder = Grounder(model, config_of(args, model), progress=True, precision=args.precision)
     serve(grounder, {"model": str(args.model), "preset": args.preset}, host=args.host, port=args.port,
-          share=args.share, max_upload_mb=args.max_upload_mb)
-    return 0
+          share=args.share, max_upload_mb=args.max_upload_mb)  # ends the process when the server stops
