@@ -40,14 +40,15 @@ def test_a_missing_extra_shows_the_line_its_error_prints(monkeypatch):
     assert "reports    yes" in screen  # medspacy is still there
     with pytest.raises(ExtraNotInstalledError) as caught:
         check_can_serve("127.0.0.1", 0)
-    assert str(caught.value) == "the web app needs gradio: pip install 'medground[app]'"
+    assert str(caught.value) == "the web app: gradio not installed; pip install 'medground[app]'"
     assert EXTRAS["app"].install_line in screen
 
 
 def test_the_error_names_the_cause_after_the_install_line(monkeypatch):
     hide_modules(monkeypatch, "medspacy")
     error = extra_missing("reports", "reading reports", ImportError("No module named 'medspacy'"))
-    assert str(error) == "reading reports needs medspacy: pip install 'medground[reports]' (No module named 'medspacy')"
+    assert str(error) == ("reading reports: medspacy not installed; pip install 'medground[reports]' "
+                          "(No module named 'medspacy')")
 
 
 def test_offline_state_and_missing_browser_are_said(monkeypatch, tmp_path):

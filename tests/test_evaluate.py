@@ -206,9 +206,9 @@ def test_vindr_reader_merges_radiologists_and_keeps_ms_cxr_classes(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("health_multimodal") is not None,
                     reason="hi-ml-multimodal is installed here; tests/test_biovil.py covers the baselines")
 def test_biovil_without_the_extra_says_how_to_install_it():
-    from medground.errors import ModelLoadError
+    from medground.errors import ExtraNotInstalledError
 
-    with pytest.raises(ModelLoadError, match=r"pip install 'medground\[baselines\]'"):
+    with pytest.raises(ExtraNotInstalledError, match=r"not installed; pip install 'medground\[baselines\]'"):
         make_method("biovil-t")
 
 

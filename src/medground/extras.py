@@ -51,4 +51,4 @@ def extra_missing(name: str, what: str, cause: BaseException | None = None) -> E
     extra = EXTRAS[name]
     needed = extra.missing() or list(extra.modules)
     detail = f" ({cause})" if cause is not None else ""
-    return ExtraNotInstalledError(f"{what} needs {' and '.join(needed)}: {extra.install_line}{detail}")
+    return ExtraNotInstalledError(f"{what}: {' and '.join(needed)} not installed; {extra.install_line}{detail}")
