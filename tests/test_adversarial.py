@@ -302,10 +302,10 @@ def test_bad_model_directories_are_refused_at_load(case, tmp_path):
         load_model(folder)
 
 
-@pytest.mark.parametrize("device", ["gpu7", "cuda:banana", "tpu", "cuda"])
+@pytest.mark.parametrize("device", ["gpu7", "cuda:banana", "tpu", "cuda", "mps"])
 def test_unknown_or_absent_devices(device):
-    if device == "cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+    if (device == "cuda" and torch.cuda.is_available()) or (device == "mps" and torch.backends.mps.is_available()):
+        pytest.skip(f"this machine has {device}")
     with pytest.raises(ModelLoadError, match="device"):
         load_model("toy", device=device)
 

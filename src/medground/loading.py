@@ -64,9 +64,11 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N ({exc})") from None
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps ({exc})") from None
     if parsed.type not in DEVICE_TYPES:
-        raise ModelLoadError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+        raise ModelLoadError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} was asked for but this PyTorch has no MPS device (Apple silicon)")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} was asked for but this PyTorch sees no CUDA device")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():

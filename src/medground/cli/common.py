@@ -100,7 +100,7 @@ def model_flags() -> argparse.ArgumentParser:
                        "(applied before --set)")
     group.add_argument("--text-encoder", default=None,
                        help="override the text encoder source: local folder or hub-id[@revision]")
-    group.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu)")
+    group.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
     group.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help=PRECISION_HELP)
     return parent
 

@@ -12,12 +12,12 @@ from medground.cli.common import Parents, command, config_of, model_of
 def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
     """Register ``ground`` and ``report`` on ``commands``, with the shared flags of ``parents``."""
     ground = command(commands, "ground", run_ground, parents=(parents["model"],))
-    ground.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
+    ground.add_argument("image", type=Path, help="PNG, JPEG, TIFF or DICOM radiograph")
     ground.add_argument("phrases", nargs="+", metavar="PHRASE", help="one or more report phrases")
     ground.add_argument("--out", type=Path, required=True, help="output folder")
 
     report = command(commands, "report", run_report, parents=(parents["model"],))
-    report.add_argument("image", type=Path, help="PNG, JPEG or DICOM radiograph")
+    report.add_argument("image", type=Path, help="PNG, JPEG, TIFF or DICOM radiograph")
     report.add_argument("--report", required=True, metavar="FILE|-", help="the report as UTF-8 text; - reads stdin")
     report.add_argument("--out", type=Path, required=True, help="output folder")
 

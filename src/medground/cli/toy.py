@@ -19,7 +19,7 @@ def add(commands: argparse._SubParsersAction, parents: Parents) -> None:
     demo.add_argument("--seed", type=at_least_0, default=DEMO_SEED, help="first phantom seed")
     demo.add_argument("--n", type=at_least_1, default=6, help="phantoms to draw (those with findings)")
     demo.add_argument("--n-eval", type=at_least_1, default=24, help="phantoms in the metrics table")
-    demo.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N (default: cpu)")
+    demo.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps (default: cpu)")
 
     toy = commands.add_parser("toy", help="the toy world: evaluate the shipped phantom models",
                               description="The toy world: phantoms with known findings and the two small models "

@@ -2,7 +2,7 @@
 
 A mention is kept for grounding when ConText finds it neither negated, hypothetical, historical nor about
 family, and it does not sit in a section that describes the request rather than the image (indication, history,
-comparison, technique).
+comparison, technique, recommendation).
 
 What ``read_mentions`` does before and around the pipeline, and why:
 
