@@ -30,10 +30,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from medground import Grounder
 from medground.datasets.phantoms import generate_phantom
+from medground.doctor import browser_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("MEDGROUND_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("MEDGROUND_CHROMEDRIVER", "/usr/bin/chromedriver"))
+CHROMIUM = browser_tool("MEDGROUND_CHROMIUM")
+CHROMEDRIVER = browser_tool("MEDGROUND_CHROMEDRIVER")
 SCREENSHOTS = Path(os.environ.get("MEDGROUND_TEST_OUTPUT", ROOT / "test-output")) / "browser"
 UPLOAD_LIMIT_MB = 1
 GROUNDING_TIMEOUT_S = 300

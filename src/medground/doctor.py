@@ -57,11 +57,16 @@ def model_lines() -> list[str]:
             for name, path in KNOWN_MODELS.items()]
 
 
+def browser_tool(variable: str) -> Path:
+    """Where the browser tests look for Chromium (``MEDGROUND_CHROMIUM``) or its driver (``MEDGROUND_CHROMEDRIVER``)."""
+    return Path(os.environ.get(variable, BROWSER_TOOLS[variable]))
+
+
 def browser_lines() -> list[str]:
     """Whether the browser tests can find Chromium and its driver."""
     lines = []
-    for variable, default in BROWSER_TOOLS.items():
-        path = Path(os.environ.get(variable, default))
+    for variable in BROWSER_TOOLS:
+        path = browser_tool(variable)
         found = path.is_file() and os.access(path, os.X_OK)
         state = "found" if found else f"not found (set {variable}, or: {BROWSER_INSTALL})"
         lines.append(f"{path.name:<12} {path}: {state}")
